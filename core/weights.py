@@ -1,0 +1,184 @@
+"""Trained weights: the manifest, sha256 verification, and a pickle-free tensor file format.
+
+Files use the safetensors layout (u64 header length, JSON header, raw little-endian tensor bytes),
+written and read here by hand: it is thirty lines, and loading never executes code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.protocol import ErrorCode, SemanticError
+
+MANIFEST_NAME = "manifest.json"
+_DTYPES = {
+    "F16": (torch.float16, np.float16),
+    "F32": (torch.float32, np.float32),
+    "I64": (torch.int64, np.int64),
+    "I32": (torch.int32, np.int32),
+    "U8": (torch.uint8, np.uint8),
+}
+_TORCH_TO_CODE = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items()}
+
+
+def bundled_weights_dir() -> Path:
+    """The repository's weights/ folder (or the installed copy, named by SEMANTIC_WEIGHTS_DIR)."""
+    override = os.environ.get("SEMANTIC_WEIGHTS_DIR")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "weights"
+
+
+class WeightStatus(str, Enum):
+    ok = "ok"
+    missing = "missing"
+    corrupt = "corrupt"
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    id: str
+    file: str
+    sha256: str
+    size: int
+    url: str = ""
+    model: str = ""
+    config: dict = field(default_factory=dict)
+    card: str = ""
+
+
+@dataclass
+class Manifest:
+    entries: dict[str, WeightEntry]
+    directory: Path
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> "Manifest":
+        directory = Path(directory or bundled_weights_dir())
+        path = directory / MANIFEST_NAME
+        if not path.exists():
+            return cls({}, directory)
+        data = json.loads(path.read_text())
+        entries = {}
+        for item in data.get("weights", []):
+            entry = WeightEntry(**item)
+            entries[entry.id] = entry
+        return cls(entries, directory)
+
+    def save(self) -> None:
+        items = [entry.__dict__ for entry in sorted(self.entries.values(), key=lambda e: e.id)]
+        (self.directory / MANIFEST_NAME).write_text(json.dumps({"weights": items}, indent=2) + "\n")
+
+    def path(self, weight_id: str) -> Path:
+        return self.directory / self.entry(weight_id).file
+
+    def entry(self, weight_id: str) -> WeightEntry:
+        if weight_id not in self.entries:
+            raise SemanticError(ErrorCode.weights_missing,
+                                f"No weights named '{weight_id}' in {self.directory / MANIFEST_NAME}. "
+                                "Re-run the installer.")
+        return self.entries[weight_id]
+
+    def status(self, weight_id: str) -> WeightStatus:
+        path = self.path(weight_id)
+        if not path.exists():
+            return WeightStatus.missing
+        entry = self.entry(weight_id)
+        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            return WeightStatus.corrupt
+        return WeightStatus.ok
+
+    def verified_path(self, weight_id: str) -> Path:
+        path = self.path(weight_id)
+        status = self.status(weight_id)
+        if status is WeightStatus.missing:
+            raise SemanticError(ErrorCode.weights_missing,
+                                f"Weight file {path} is missing. Re-run the installer to restore it.")
+        if status is WeightStatus.corrupt:
+            raise SemanticError(ErrorCode.weights_corrupt,
+                                f"Weight file {path} is corrupt (its sha256 does not match the manifest). "
+                                "Re-run the installer to download it again.")
+        return path
+
+    def load_state_dict(self, weight_id: str) -> dict[str, torch.Tensor]:
+        path = self.verified_path(weight_id)
+        try:
+            return load_tensors(path)
+        except (ValueError, KeyError, struct.error, json.JSONDecodeError) as exc:
+            raise SemanticError(ErrorCode.weights_corrupt, f"Weight file {path} cannot be read: {exc}") from None
+
+    def register(self, weight_id: str, file_path: Path, model: str, config: dict,
+                 card: str = "", url: str = "") -> WeightEntry:
+        entry = WeightEntry(id=weight_id, file=Path(file_path).name, sha256=sha256_file(file_path),
+                            size=Path(file_path).stat().st_size, url=url, model=model,
+                            config=config, card=card)
+        self.entries[weight_id] = entry
+        return entry
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], half: bool = True,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write tensors (floating ones as fp16 when ``half``) atomically."""
+    header: dict[str, object] = {"__metadata__": dict(metadata or {})}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        if half and tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        code = _TORCH_TO_CODE[tensor.dtype]
+        raw = tensor.numpy().astype(_DTYPES[code][1].newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": code, "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    tmp = Path(str(path) + ".part")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for blob in blobs:
+            f.write(blob)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a tensor file; values come back as float32 (integers keep their type)."""
+    data = Path(path).read_bytes()
+    (header_len,) = struct.unpack_from("<Q", data, 0)
+    if header_len > len(data) - 8:
+        raise ValueError("header length exceeds file size")
+    header = json.loads(data[8:8 + header_len])
+    body = memoryview(data)[8 + header_len:]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        if not 0 <= start <= end <= len(body):
+            raise ValueError(f"tensor '{name}' lies outside the file")
+        np_dtype = np.dtype(_DTYPES[info["dtype"]][1]).newbyteorder("<")
+        array = np.frombuffer(body[start:end], dtype=np_dtype).reshape(info["shape"])
+        tensor = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
+        tensors[name] = tensor.float() if tensor.is_floating_point() else tensor
+    return tensors
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(header_len)).get("__metadata__", {})
