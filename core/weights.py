@@ -182,3 +182,18 @@ def read_metadata(path: Path) -> dict[str, str]:
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         return json.loads(f.read(header_len)).get("__metadata__", {})
+
+
+def register_weights(file_path: Path, weight_id: str, model: str, config: dict, card: str = "",
+                     url: str = "", directory: Path | None = None) -> WeightEntry:
+    """Add or update one manifest entry under a file lock (several trainings may finish at once)."""
+    import fcntl
+
+    directory = Path(directory or bundled_weights_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = Manifest.load(directory)
+        entry = manifest.register(weight_id, file_path, model, config, card, url)
+        manifest.save()
+    return entry
