@@ -31,9 +31,9 @@ from __future__ import annotations
 import http.client
 import json
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterator
 
 PROTOCOL_VERSION = 1
 FRAME_MAGIC = b"GSF1"
@@ -86,7 +86,7 @@ class SemanticError(Exception):
         return {"code": self.code.value, "message": self.message}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SemanticError":
+    def from_dict(cls, data: dict) -> SemanticError:
         return cls(str(data.get("code", "internal")), str(data.get("message", "unknown error")))
 
     def __str__(self) -> str:
@@ -163,7 +163,7 @@ class JobRequest:
         return Frame("request", header, self.arrays)
 
     @classmethod
-    def from_frame(cls, frame: Frame) -> "JobRequest":
+    def from_frame(cls, frame: Frame) -> JobRequest:
         header = frame.header
         if not isinstance(header.get("action"), str):
             raise SemanticError(ErrorCode.bad_request, "The request names no action.")
@@ -291,7 +291,8 @@ class DaemonClient:
             conn.close()
         data = _parse_json(body)
         if response.status != 200:
-            raise SemanticError.from_dict(data.get("error", {"code": "internal", "message": body.decode(errors="replace")}))
+            fallback = {"code": "internal", "message": body.decode(errors="replace")}
+            raise SemanticError.from_dict(data.get("error", fallback))
         return data
 
     def run(self, action: str, params: dict, arrays: list[Array] | dict[str, Array],
@@ -375,7 +376,7 @@ class Discovery:
         return json.dumps(self.__dict__, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "Discovery":
+    def from_json(cls, text: str) -> Discovery:
         data = json.loads(text)
         return cls(str(data["address"]), int(data["port"]), str(data["token_file"]),
                    int(data["pid"]), str(data["version"]), int(data.get("protocol", -1)))

@@ -31,9 +31,16 @@ _TORCH_TO_CODE = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items(
 
 
 def bundled_weights_dir() -> Path:
-    """The repository's weights/ folder (or the installed copy, named by SEMANTIC_WEIGHTS_DIR)."""
+    """SEMANTIC_WEIGHTS_DIR, else the checkout's weights/ (development), else the installed copy."""
     override = os.environ.get("SEMANTIC_WEIGHTS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "weights"
+    if override:
+        return Path(override)
+    checkout = Path(__file__).resolve().parent.parent / "weights"
+    if (checkout / MANIFEST_NAME).exists():
+        return checkout
+    from core.paths import data_dir
+
+    return data_dir() / "weights"
 
 
 class WeightStatus(str, Enum):
@@ -60,7 +67,7 @@ class Manifest:
     directory: Path
 
     @classmethod
-    def load(cls, directory: Path | None = None) -> "Manifest":
+    def load(cls, directory: Path | None = None) -> Manifest:
         directory = Path(directory or bundled_weights_dir())
         path = directory / MANIFEST_NAME
         if not path.exists():

@@ -1,0 +1,53 @@
+"""gimp-semantic daemon [--port P] [--idle-exit S]"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from core.daemon.server import Daemon, DaemonConfig, configure_logging
+from core.paths import discovery_file, log_dir, state_dir
+from core.protocol import DaemonClient, Discovery, SemanticError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("daemon", help="run the inference daemon on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (default: chosen by the OS)")
+    parser.add_argument("--idle-exit", type=float, default=1800.0, metavar="S",
+                        help="exit after S seconds without requests (0 = never; default 1800)")
+    parser.add_argument("--model-idle", type=float, default=600.0, metavar="S",
+                        help="unload models unused for S seconds (default 600)")
+    parser.add_argument("--max-payload-mb", type=float, default=2048.0,
+                        help="largest request accepted, in MB (default 2048)")
+    parser.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    running = _running_daemon()
+    if running is not None:
+        print(f"gimp-semantic daemon already running on {running.address}:{running.port} "
+              f"(pid {running.pid})", file=sys.stderr)
+        return 0
+    log_file = log_dir() / "daemon.log"
+    configure_logging(log_file, args.verbose)
+    config = DaemonConfig(port=args.port, idle_exit_s=args.idle_exit, model_idle_s=args.model_idle,
+                          max_payload_mb=args.max_payload_mb, device=args.device,
+                          state_dir=state_dir(), log_file=log_file)
+    daemon = Daemon(config)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    print(f"gimp-semantic daemon on 127.0.0.1:{daemon.port}, device {daemon.device}, log {log_file}",
+          file=sys.stderr, flush=True)
+    daemon.serve()
+    return 0
+
+
+def _running_daemon() -> Discovery | None:
+    try:
+        discovery = Discovery.from_json(discovery_file().read_text())
+        DaemonClient(discovery.address, discovery.port, discovery.read_token()).health(timeout=2.0)
+        return discovery
+    except (OSError, ValueError, KeyError, SemanticError):
+        return None

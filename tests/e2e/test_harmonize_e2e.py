@@ -1,0 +1,135 @@
+"""Harmonize Selection... inside a real GIMP 3, talking to a real daemon."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.e2e.harness import SKIP_REASON, Gimp, gimp_console_command, start_daemon, temp_root
+
+GIMP = gimp_console_command()
+pytestmark = [pytest.mark.gimp, pytest.mark.skipif(GIMP is None, reason=SKIP_REASON)]
+
+# A 120×100 layer at offset (30, 20) in a 200×160 image: warm background, a cold blue square
+# pasted in the middle; a feathered elliptic selection around the square.
+BUILD_IMAGE = """
+image = Gimp.Image.new(200, 160, Gimp.ImageBaseType.RGB)
+base = Gimp.Layer.new(image, "base", 200, 160, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(base, None, 0)
+layer = Gimp.Layer.new(image, "composite", 120, 100, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(layer, None, 0)
+layer.set_offsets(30, 20)
+pixels = bytearray()
+for y in range(100):
+    for x in range(120):
+        if 40 <= x < 80 and 30 <= y < 70:
+            pixels += bytes((40 + x % 7, 60 + y % 5, 200, 255))
+        else:
+            pixels += bytes((200 + x % 40, 140 + y % 30, 60 + (x * y) % 25, 255))
+buf = layer.get_buffer()
+buf.set(Gegl.Rectangle.new(0, 0, 120, 100), "R'G'B'A u8", bytes(pixels))
+buf.flush()
+"""
+
+DUMP = """
+def dump(name, data):
+    with open(RESULT_PATH + "." + name, "wb") as f:
+        f.write(data)
+layers = image.get_layers()
+top = layers[0]
+ok, ox, oy = top.get_offsets()
+rect = Gegl.Rectangle.new(0, 0, top.get_width(), top.get_height())
+dump("result", top.get_buffer().get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
+dump("source", layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 120, 100), 1.0, "R'G'B'A u8",
+                                      Gegl.AbyssPolicy.CLAMP))
+dump("mask", image.get_selection().get_buffer().get(Gegl.Rectangle.new(30, 20, 120, 100), 1.0, "Y u8",
+                                                     Gegl.AbyssPolicy.NONE))
+"""
+
+
+def call_procedure(args: str) -> str:
+    return f"""
+proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-harmonize")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+cfg.set_property("image", image)
+cfg.set_core_object_array("drawables", [layer])
+{args}
+res = proc.run(cfg)
+status = res.index(0)
+error = res.index(1) if res.length() > 1 else None
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    running = start_daemon(temp_root("semantic-e2e-state-") / "state", "--idle-exit", "0")
+    yield running
+    running.stop()
+
+
+def read(path: str, shape) -> np.ndarray:
+    return np.fromfile(path, dtype=np.uint8).reshape(shape)
+
+
+def test_harmonize_selection_writes_new_layer(daemon):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    script = BUILD_IMAGE + """
+image.select_ellipse(Gimp.ChannelOps.REPLACE, 60, 40, 60, 60)
+Gimp.Selection.feather(image, 10.0)
+n_before = len(image.get_layers())
+""" + call_procedure('cfg.set_property("method", "statistics"); cfg.set_property("strength", 1.0)') + DUMP + """
+save_result({"status": int(status), "ok": status == Gimp.PDBStatusType.SUCCESS,
+             "layers_before": n_before, "layers_after": len(image.get_layers()),
+             "name": top.get_name(), "offsets": [ox, oy], "size": [top.get_width(), top.get_height()],
+             "undo_enabled": image.undo_is_enabled()})
+"""
+    run = gimp.run(script)
+    assert run.result, run.output
+    assert run.result["ok"], run.output
+    assert run.result["layers_after"] == run.result["layers_before"] + 1
+    assert run.result["offsets"] == [30, 20] and run.result["size"] == [120, 100]
+    assert "harmonized" in run.result["name"] and "statistics" in run.result["name"]
+    result_file = next(gimp.root.glob("result-*.json.result"))
+    stem = str(result_file)[: -len(".result")]
+    result = read(stem + ".result", (100, 120, 4)).astype(int)
+    source = read(stem + ".source", (100, 120, 4)).astype(int)
+    mask = read(stem + ".mask", (100, 120))
+    outside, inside = mask == 0, mask == 255
+    assert outside.sum() > 1000 and inside.sum() > 500
+    assert (result[outside] == source[outside]).all(), "pixels outside the selection must be untouched"
+    changed = np.abs(result[inside][:, :3] - source[inside][:, :3]).max(axis=1) > 0
+    assert changed.mean() > 0.95, "pixels inside the selection must change"
+    # The cold blue square takes on the warm background's colour: blue falls, red rises.
+    square = np.zeros_like(mask, dtype=bool)
+    square[30:70, 40:80] = True
+    core = square & inside
+    assert result[core][:, 2].mean() < source[core][:, 2].mean() - 40
+    assert result[core][:, 0].mean() > source[core][:, 0].mean() + 40
+    soft = (mask > 0) & (mask < 255)
+    assert soft.sum() > 100, "the feathered edge must reach the plug-in as soft values"
+    edge_change = np.abs(result[soft][:, :3] - source[soft][:, :3]).mean()
+    inside_change = np.abs(result[inside][:, :3] - source[inside][:, :3]).mean()
+    assert 0 < edge_change < inside_change
+
+
+def test_harmonize_without_selection_reports_error_and_changes_nothing(daemon):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    script = BUILD_IMAGE + """
+Gimp.Selection.none(image)
+before = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 120, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
+n_before = len(image.get_layers())
+""" + call_procedure('cfg.set_property("method", "statistics")') + """
+after = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 120, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
+save_result({"status": int(status), "success": status == Gimp.PDBStatusType.SUCCESS,
+             "message": error.message if error is not None and hasattr(error, "message") else str(error),
+             "layers_before": n_before, "layers_after": len(image.get_layers()),
+             "unchanged": bytes(before) == bytes(after)})
+"""
+    run = gimp.run(script)
+    assert run.result, run.output
+    assert not run.result["success"]
+    assert "selection" in run.result["message"].lower(), run.result
+    assert "Traceback" not in run.result["message"]
+    assert run.result["layers_after"] == run.result["layers_before"]
+    assert run.result["unchanged"]
