@@ -266,6 +266,7 @@ class DaemonClient:
         self.host, self.port, self.token = host, int(port), token
         self.timeout = timeout
         self.client_version = client_version
+        self.max_payload_bytes: int | None = None  # learnt from health(); checked before sending
 
     def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
@@ -274,7 +275,9 @@ class DaemonClient:
         return {"Authorization": f"Bearer {self.token}", "X-Semantic-Protocol": str(PROTOCOL_VERSION)}
 
     def health(self, timeout: float = 5.0) -> dict:
-        return self._json("GET", "/v1/health", timeout=timeout)
+        health = self._json("GET", "/v1/health", timeout=timeout)
+        self.max_payload_bytes = int(health.get("max_payload_bytes") or 0) or None
+        return health
 
     def cancel(self, job_id: str) -> bool:
         return bool(self._json("POST", f"/v1/jobs/{job_id}/cancel", timeout=5.0).get("cancelled"))
@@ -303,6 +306,12 @@ class DaemonClient:
             arrays = {a.name: a for a in arrays}
         request = JobRequest(action, params, arrays, client_version=self.client_version)
         parts = encode_frame_parts(request.to_frame())
+        payload = sum(len(p) for p in parts[2:])
+        if self.max_payload_bytes and payload > self.max_payload_bytes:
+            raise SemanticError(
+                ErrorCode.payload_too_large,
+                f"The image data is {payload / 1e6:.0f} MB, over the daemon's limit of "
+                f"{self.max_payload_bytes / 1e6:.0f} MB. Use a smaller layer or raise --max-payload-mb.")
         conn = self._connection()
         try:
             headers = dict(self._headers(), **{"Content-Type": FRAME_CONTENT_TYPE,
@@ -311,8 +320,11 @@ class DaemonClient:
             for key, value in headers.items():
                 conn.putheader(key, value)
             conn.endheaders()
-            for part in parts:
-                conn.sock.sendall(part)
+            try:
+                for part in parts:
+                    conn.sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon refused early (e.g. too large); its answer is still there to read
             response = conn.getresponse()
             if response.status != 200:
                 data = _parse_json(response.read())

@@ -148,7 +148,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], half: bool = True
         if half and tensor.is_floating_point():
             tensor = tensor.to(torch.float16)
         code = _TORCH_TO_CODE[tensor.dtype]
-        raw = tensor.numpy().astype(_DTYPES[code][1].newbyteorder("<"), copy=False).tobytes()
+        raw = tensor.numpy().astype(np.dtype(_DTYPES[code][1]).newbyteorder("<"), copy=False).tobytes()
         header[name] = {"dtype": code, "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)

@@ -13,7 +13,7 @@ import requests
 from core.protocol import ErrorCode, SemanticError
 from core.weights import MANIFEST_NAME, Manifest, WeightEntry, WeightStatus, sha256_file
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 16  # small enough that an interrupted transfer keeps most of what arrived
 Report = Callable[[str], None]
 
 
@@ -30,10 +30,14 @@ def download(url: str, dest: Path, sha256: str, retries: int = 4, timeout: float
             with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
                 if response.status_code == 416:  # nothing left to send: the .part is whole (or bad)
                     pass
-                elif response.status_code == 206 and offset:
-                    _append(response, part, "ab")
-                elif response.status_code == 200:
-                    _append(response, part, "wb")  # the server ignored Range: start over
+                elif response.status_code in (200, 206):
+                    resumed = response.status_code == 206 and offset > 0
+                    expected = int(response.headers.get("Content-Length", -1))
+                    expected = expected + offset if resumed and expected >= 0 else expected
+                    _append(response, part, "ab" if resumed else "wb")  # 200: the server ignored Range
+                    if expected >= 0 and part.stat().st_size < expected:
+                        raise requests.ConnectionError(
+                            f"connection closed after {part.stat().st_size} of {expected} bytes")
                 else:
                     raise requests.HTTPError(f"HTTP {response.status_code}")
         except (requests.RequestException, OSError) as exc:

@@ -43,6 +43,7 @@ from core.protocol import (
 
 log = logging.getLogger("gimp_semantic.daemon")
 PROGRESS_INTERVAL_S = 0.05
+DISCARD_LIMIT_BYTES = 256 << 20
 
 
 @dataclass
@@ -173,6 +174,7 @@ class Daemon:
             "pid": os.getpid(),
             "actions": sorted(self.actions),
             "loaded_models": self.models.keys(),
+            "max_payload_bytes": int(self.config.max_payload_mb * 1e6),
         }
 
     def start_job(self, request: JobRequest) -> Job:
@@ -319,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = self._content_length()
         limit = int(self.daemon.config.max_payload_mb * 1e6)
         if length > limit + (1 << 20):
-            self.close_connection = True
+            self._discard_body()  # read what is cheap to read, so the client sees the 413, not a reset
             raise SemanticError(
                 ErrorCode.payload_too_large,
                 f"The request is {length / 1e6:.0f} MB, over the daemon's limit of {limit / 1e6:.0f} MB. "
@@ -387,7 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
-        if length > 64 << 20:
+        if length > DISCARD_LIMIT_BYTES:
             self.close_connection = True  # not worth reading; drop the connection instead
             return
         while length > 0:
