@@ -56,13 +56,35 @@ def make_image(megapixels: int) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def measure(mp: int, repeats: int, client, daemon, ctx: JobContext, baseline_rss: int) -> dict:
+    echo, harmonize = find_action("echo"), find_action("harmonize")
+    image, mask = make_image(mp)
+    wire = [to_wire("image", image)]
+
+    def round_trip():
+        frame = client.run("echo", {}, wire)
+        assert to_numpy(frame.arrays["image"]).shape == image.shape
+
+    remote = best_of(repeats, round_trip)
+    local = best_of(repeats, lambda: echo.run({"image": image}, {}, ctx))
+    stats = best_of(repeats, lambda: harmonize.run({"image": image, "mask": mask}, {}, ctx))
+    peak = peak_rss_bytes(daemon.process.pid)
+    return {
+        "megapixels": mp, "shape": list(image.shape), "image_mb": round(image.nbytes / 1e6, 1),
+        "echo_daemon_s": round(remote, 4), "echo_in_process_s": round(local, 6),
+        "wire_overhead_s": round(remote - local, 4),
+        "wire_overhead_vs_statistics_harmonize": round((remote - local) / stats, 3),
+        "statistics_harmonize_s": round(stats, 3),
+        "daemon_peak_rss_growth_image_copies": round((peak - baseline_rss) / image.nbytes, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 12, 24], choices=sorted(SHAPES))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ctx = JobContext(select_device("cpu"), ModelCache())
-    echo, harmonize = find_action("echo"), find_action("harmonize")
     daemon = start_daemon(Path(tempfile.mkdtemp(prefix="semantic-bench-")), "--idle-exit", "0")
     results = []
     try:
@@ -70,26 +92,7 @@ def main() -> None:
         client.health()
         baseline_rss = peak_rss_bytes(daemon.process.pid)
         for mp in sorted(args.sizes):
-            image, mask = make_image(mp)
-            wire = [to_wire("image", image)]
-
-            def round_trip():
-                frame = client.run("echo", {}, wire)
-                out = to_numpy(frame.arrays["image"])
-                assert out.shape == image.shape
-
-            remote = best_of(args.repeats, round_trip)
-            local = best_of(args.repeats, lambda: echo.run({"image": image}, {}, ctx))
-            stats = best_of(args.repeats, lambda: harmonize.run({"image": image, "mask": mask}, {}, ctx))
-            peak = peak_rss_bytes(daemon.process.pid)
-            results.append({
-                "megapixels": mp, "shape": list(image.shape), "image_mb": round(image.nbytes / 1e6, 1),
-                "echo_daemon_s": round(remote, 4), "echo_in_process_s": round(local, 6),
-                "wire_overhead_s": round(remote - local, 4),
-                "wire_overhead_vs_statistics_harmonize": round((remote - local) / stats, 3),
-                "statistics_harmonize_s": round(stats, 3),
-                "daemon_peak_rss_growth_image_copies": round((peak - baseline_rss) / image.nbytes, 2),
-            })
+            results.append(measure(mp, args.repeats, client, daemon, ctx, baseline_rss))
     finally:
         daemon.stop()
     print(json.dumps({"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",

@@ -82,7 +82,7 @@ def connect(on_status=None) -> DaemonClient:
                             "start it. Run 'gimp-semantic daemon' in a terminal.")
     if on_status:
         on_status("Starting the gimp-semantic daemon")
-    _spawn(command)
+    _spawn(command, discovery_path(config).parent)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         client = try_connect(config)
@@ -94,8 +94,11 @@ def connect(on_status=None) -> DaemonClient:
                         f"{START_TIMEOUT_S:.0f} s. Run that command in a terminal to see why.")
 
 
-def _spawn(command: list[str]) -> None:
-    kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+def _spawn(command: list[str], state_dir: Path) -> None:
+    # The daemon must write its discovery file where we are about to look for it.
+    env = dict(os.environ, SEMANTIC_STATE_DIR=str(state_dir))
+    kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+                    "env": env}
     if sys.platform.startswith("win"):
         kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW | subprocess.DETACHED_PROCESS
     else:
