@@ -1,0 +1,60 @@
+"""gimp-semantic adjust IMAGE -o OUT --style {pop-out,xpro,watercolor} [--adjustment-map MAP.png]
+
+A personal adjustment map is an 8-bit grayscale PNG of the image's size whose value k (0 … K−1) picks
+preset k at that pixel; 255 keeps the predicted map there. ``--export-map`` writes the
+predicted map in the same format, so it can be edited (with a hard brush) and given back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.actions.adjust import HEADS, STYLES
+from core.commands.common import add_runtime_options, execute, write_output
+from core.imaging.io import load_image, load_mask
+from core.protocol import bad_input
+
+KEEP = 255
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("adjust", help="semantics-aware photo adjustment (SA-AdjustNet)")
+    parser.add_argument("image", help="RGB or RGBA image (any size)")
+    parser.add_argument("-o", "--output", required=True, help="output file; keeps the input's size and alpha")
+    parser.add_argument("--style", choices=STYLES, default="pop-out")
+    parser.add_argument("--adjustment-map", metavar="MAP.png",
+                        help="your own semantic adjustment map: pixel value k = preset k, 255 = keep predicted")
+    parser.add_argument("--export-map", metavar="MAP.png",
+                        help="also write the map that was used (same format as --adjustment-map)")
+    parser.add_argument("--head", choices=HEADS, default="map",
+                        help="'map': semantic adjustment map model (default); 'direct': Eq. 2 without it")
+    add_runtime_options(parser)
+    parser.set_defaults(func=run)
+
+
+def index_map_to_weights(index: np.ndarray, presets: int = 255) -> np.ndarray:
+    """H×W preset indices (≥ ``presets`` or 255 = keep predicted) → H×W×P one-hot u8 weights."""
+    top = int(index[index != KEEP].max()) + 1 if (index != KEEP).any() else 1
+    if top > presets:
+        raise bad_input(f"The adjustment map uses preset {top - 1}, but the model has presets 0–{presets - 1}.")
+    weights = np.zeros(index.shape + (top,), np.uint8)
+    for k in range(top):
+        weights[..., k] = np.where(index == k, 255, 0)
+    return weights
+
+
+def run(args) -> int:
+    image = load_image(args.image)
+    arrays = {"image": image}
+    if args.adjustment_map:
+        index = load_mask(args.adjustment_map)
+        if index.shape != image.shape[:2]:
+            raise bad_input(f"The adjustment map is {index.shape[1]}×{index.shape[0]} but the image is "
+                            f"{image.shape[1]}×{image.shape[0]}; they must be the same size.")
+        arrays["preset_weights"] = index_map_to_weights(index)
+    params = {"style": args.style, "head": args.head, "return_map": bool(args.export_map)}
+    result = execute("adjust", arrays, params, args)
+    write_output(args.output, result["image"])
+    if args.export_map:
+        write_output(args.export_map, result["preset_index"])
+    return 0
