@@ -1,0 +1,115 @@
+"""Edit propagation from strokes (DeepProp, Endo et al. 2016).
+
+Inputs: "image" (H×W×C, u8/u16/f32, gray or RGB, alpha kept) and either "strokes" (H×W×4 u8 RGBA
+scribbles: transparent = no stroke, each opaque color one class) or params "paths" (GIMP paths as
+polylines: [{"name", "color" (the color tag as #rrggbb, or null), "strokes": [[x0, y0, x1, y1, ...]]}]
+in image coordinates, with "offset" [x, y] of the layer), rasterized here with "brush_width".
+
+Params: "mode" colorize | recolor | select | masks; "superpixels" (count, 0 = one per 100 pixels);
+"per_pixel"; "smoothing" (λ of Eq. 15, 0 = off); "fg_color"/"bg_color" (select: which stroke colors
+are foreground/background; also what 'fg'/'bg' path names mean); "image_key" (names the image across
+runs so an edited path re-uses the trained network; defaults to a hash of the pixels); "seed".
+
+Outputs: colorize/recolor "image" (same size, type and alpha); select "mask" (H×W×1 u8, soft);
+masks "masks" (H×W×n u8); always "class_colors" (n×1×3 u8, the class order of the outputs).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from core.actions.base import Action, Arrays, JobContext
+from core.actions.inputs import get_bool, get_choice, get_float, get_int, require_image
+from core.imaging.io import from_float, to_uint8
+from core.propagation import apps
+from core.propagation.pipeline import ImageState, PropagationOptions, image_fingerprint, prepare_rgb, propagate
+from core.propagation.smoothing import SmoothingConfig
+from core.propagation.strokes import (
+    DEFAULT_BG,
+    DEFAULT_FG,
+    labels_from_scribbles,
+    parse_color,
+    paths_from_params,
+    rasterize_paths,
+)
+from core.protocol import bad_input
+
+CACHE_PREFIX = "deepprop-image:"
+_LOCK = threading.Lock()  # guards creating the per-image slot; each slot has its own lock
+
+
+class _Slot:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.state: ImageState | None = None
+
+
+def _color(params: dict, name: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    value = params.get(name)
+    if value in (None, ""):
+        return default
+    color = parse_color(str(value))
+    if color is None:
+        raise bad_input(f"'{name}' must be #rrggbb or a CSS color name; got {value!r}.")
+    return color
+
+
+def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg):
+    if "strokes" in arrays:
+        scribbles = require_image(arrays, "strokes", channels=(3, 4))
+        if scribbles.shape[:2] != (height, width):
+            raise bad_input(f"The scribble layer is {scribbles.shape[1]}×{scribbles.shape[0]} but the image is "
+                            f"{width}×{height}; they must be the same size.")
+        return labels_from_scribbles(to_uint8(scribbles))
+    if "paths" in params:
+        offset = params.get("offset", [0, 0])
+        if not (isinstance(offset, list | tuple) and len(offset) == 2):
+            raise bad_input("'offset' must be [x, y].")
+        brush = get_float(params, "brush_width", 5.0, 1.0, 500.0)
+        paths = paths_from_params(params["paths"], (float(offset[0]), float(offset[1])))
+        return labels_from_scribbles(rasterize_paths(paths, height, width, brush, fg, bg))
+    raise bad_input("No strokes were sent: give a scribble layer ('strokes') or paths.")
+
+
+def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
+    image = require_image(arrays)
+    mode = get_choice(params, "mode", "masks", apps.MODES)
+    fg, bg = _color(params, "fg_color", DEFAULT_FG), _color(params, "bg_color", DEFAULT_BG)
+    h, w = image.shape[:2]
+    if h * w < 4:
+        raise bad_input("The image is too small to propagate strokes over.")
+    strokes = read_strokes(arrays, params, h, w, fg, bg)
+    smoothing = get_float(params, "smoothing", SmoothingConfig.strength, 0.0, 1000.0)
+    options = PropagationOptions(
+        mode=mode,
+        superpixels=get_int(params, "superpixels", 0, 0, h * w),
+        per_pixel=get_bool(params, "per_pixel", False),
+        smoothing=SmoothingConfig(strength=smoothing),
+        fg=fg, bg=bg,
+        seed=get_int(params, "seed", 0, 0, 2**31 - 1),
+    )
+    ctx.report(0.01, "Reading strokes")
+    rgb, alpha, _ = prepare_rgb(image)
+    key = params.get("image_key") or None
+    if key is not None and not isinstance(key, str):
+        raise bad_input("'image_key' must be a string.")
+    cache_key = CACHE_PREFIX + (key or image_fingerprint(rgb))
+    with _LOCK:
+        slot = ctx.models.get(cache_key, _Slot)
+    with slot.lock:
+        result, slot.state = propagate(rgb, strokes, options, slot.state, ctx.report, ctx.device)
+
+    colors = result.colors.reshape(-1, 1, 3).astype(np.uint8)
+    if mode in ("colorize", "recolor"):
+        out = from_float(result.output, image.dtype)
+        if alpha is not None:
+            out = np.concatenate([out, alpha], axis=2)
+        return {"image": out, "class_colors": colors}
+    if mode == "select":
+        return {"mask": from_float(result.output, np.uint8)[..., None], "class_colors": colors}
+    return {"masks": from_float(result.output, np.uint8), "class_colors": colors}
+
+
+ACTIONS = [Action("propagate", "Propagate stroke edits (colorize, recolor, select, masks) with DeepProp", run)]

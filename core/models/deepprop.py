@@ -1,0 +1,161 @@
+"""DeepProp: Endo, Iizuka, Kanamori, Mitani, *DeepProp: Extracting Deep Features from a Single Image
+for Edit Propagation* (Computer Graphics Forum / Eurographics 2016).
+
+A small network trained from scratch on one image's stroke pixels (Sec. 4). Each pixel is described
+by a 9×9 patch around it (the visual feature extractor, VFE) and its normalized (x, y) position (the
+spatial feature extractor, SFE); a fully connected layer fuses both and the label estimator (LE)
+turns the fused feature into a softmax over the n stroke classes.
+
+    f_v = VFE(patch)                      conv 3×3 → ReLU → max-pool 2×2 → conv 3×3 → ReLU → max-pool 2×2
+    f_s = ReLU(W_s s + b_s)               s = (x, y) ∈ [0, 1]²
+    f   = ReLU(W_cv f_v + W_cs f_s + b_c) 256-d
+    p   = softmax(W_l f + b_l)            n classes
+
+Pre-training (Algorithm 1, first loop) runs VFE + FC_v + LE without the SFE (``use_spatial=False``),
+then the whole network is trained. The LE's rows are added or removed when strokes change (Sec. 4.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DeepPropConfig:
+    patch_size: int = 9            # 9×9 input patch (Sec. 3)
+    in_channels: int = 3           # RGB; 1 for gray images
+    conv1_channels: int = 128      # first VFE convolution
+    conv2_channels: int = 256      # second VFE convolution: 256 maps × 1×1 after the second pooling
+    kernel_size: int = 3
+    feature_dim: int = 256         # f_v, f_s and the fused f are all 256-d
+    # Learning (Algorithm 1)
+    learning_rate: float = 1e-3    # Adam (Kingma & Ba) with its default betas
+    batch_size: int = 128          # mini-batch size
+    epsilon: float = 0.01          # stop when the epoch's error < ε|Ω'|
+    gamma: float = 0.01            # ... or when it rises by more than γ|Ω'|
+    sample_ratio: float = 0.10     # Ω' = a random 10% of the stroke pixels
+    running_error: bool = True     # E summed during the epoch (True) or from a pass after it (False)
+    max_epochs: int = 30           # safety cap per stage; the ε/γ tests normally stop far earlier
+
+    @property
+    def vfe_spatial(self) -> int:
+        """Spatial size of the VFE output: 9 → conv 7 → pool 4 → conv 2 → pool 1."""
+        size = self.patch_size - self.kernel_size + 1
+        size = math.ceil(size / 2)
+        size = size - self.kernel_size + 1
+        return math.ceil(size / 2)
+
+
+class VisualFeatureExtractor(nn.Module):
+    """9×9×c patch → 256-d visual feature f_v.
+
+    conv 3×3 (c→128) → ReLU → max-pool 2×2 → conv 3×3 (128→256) → ReLU → max-pool 2×2, no padding:
+    9×9 → 7×7 → 4×4 → 2×2 → 1×1. The pools use ceil mode so the 7×7 map keeps its last row and column
+    (a 1-pixel-wide last window) and the second pool ends at exactly 1×1×256.
+
+    ``forward`` computes exactly this with two large matmuls (im2col) in channels-last layout: the
+    convolutions of tiny 9×9 inputs are dominated by per-call overhead in a convolution kernel, and
+    pooling before the ReLU is the same function (ReLU is monotonic) on a quarter of the values.
+    ``forward_reference`` is the literal layer-by-layer version; a test checks both agree.
+    """
+
+    def __init__(self, cfg: DeepPropConfig):
+        super().__init__()
+        if cfg.patch_size != 9 or cfg.kernel_size != 3:
+            raise ValueError("the fast VFE path is written for the paper's 9×9 patches and 3×3 kernels")
+        self.conv1 = nn.Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.kernel_size)
+        self.conv2 = nn.Conv2d(cfg.conv1_channels, cfg.conv2_channels, cfg.kernel_size)
+        self.out_dim = cfg.conv2_channels * cfg.vfe_spatial ** 2
+
+    def forward(self, patch: torch.Tensor) -> torch.Tensor:
+        """patch: N×c×9×9 in [0, 1] → N×256."""
+        n = patch.shape[0]
+        cols = F.unfold(patch, 3).transpose(1, 2)                          # N×49×9c  (conv1 im2col)
+        x = F.linear(cols, self.conv1.weight.flatten(1), self.conv1.bias)  # N×49×128 conv1
+        x = F.max_pool2d(x.view(n, 7, 7, -1).permute(0, 3, 1, 2), 2, ceil_mode=True)  # channels-last pool
+        x = F.relu(x.permute(0, 2, 3, 1))                                  # N×4×4×128, ReLU
+        windows = torch.stack([x[:, a:a + 3, b:b + 3] for a in (0, 1) for b in (0, 1)], 1)
+        w2 = self.conv2.weight.permute(0, 2, 3, 1).flatten(1)              # 256×(3·3·128), (ky, kx, c)
+        x = F.linear(windows.flatten(2), w2, self.conv2.bias)             # N×4×256 conv2
+        return F.relu(x.amax(1))                                           # max-pool 2×2 → ReLU → N×256
+
+    def forward_reference(self, patch: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(patch)), 2, ceil_mode=True)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2, ceil_mode=True)
+        return x.flatten(1)
+
+
+class DeepProp(nn.Module):
+    def __init__(self, num_classes: int, cfg: DeepPropConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or DeepPropConfig()
+        if num_classes < 1:
+            raise ValueError("DeepProp needs at least one stroke class")
+        self.vfe = VisualFeatureExtractor(cfg)
+        self.sfe = nn.Linear(2, cfg.feature_dim)
+        # FC: W_cv f_v + W_cs f_s shares one bias, held by fc_v so pre-training (no SFE) trains it too.
+        self.fc_v = nn.Linear(self.vfe.out_dim, cfg.feature_dim)
+        self.fc_s = nn.Linear(cfg.feature_dim, cfg.feature_dim, bias=False)
+        self.le = nn.Linear(cfg.feature_dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Zero-mean Gaussian weights scaled for ReLU units (He et al. 2015), zero biases.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                init_layer(module)
+
+    @property
+    def num_classes(self) -> int:
+        return self.le.out_features
+
+    def features(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
+        """Fused 256-d feature f; ``coords=None`` is the pre-training network without the SFE."""
+        f_v = self.vfe(patch)
+        fused = self.fc_v(f_v)                           # W_cv f_v + b_c
+        if coords is not None:
+            f_s = F.relu(self.sfe(coords))               # SFE
+            fused = fused + self.fc_s(f_s)               # + W_cs f_s
+        return F.relu(fused)
+
+    def forward(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
+        """patch: N×c×9×9, coords: N×2 (x, y) in [0, 1] or None → N×n logits (softmax in the loss)."""
+        return self.le(self.features(patch, coords))
+
+    def probabilities(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
+        return torch.softmax(self.forward(patch, coords), dim=1)
+
+    def resize_classes(self, keep: list[int | None]) -> None:
+        """Incremental update (Sec. 4.1): the LE's new row i is old row ``keep[i]``, or fresh when None.
+
+        Removed strokes drop their rows; added strokes get newly initialized rows; everything else
+        (VFE, SFE, FC, surviving LE rows) keeps its trained values.
+        """
+        old = self.le
+        new = nn.Linear(old.in_features, len(keep)).to(old.weight.device, old.weight.dtype)
+        init_layer(new)
+        with torch.no_grad():
+            for row, source in enumerate(keep):
+                if source is not None:
+                    new.weight[row] = old.weight[source]
+                    new.bias[row] = old.bias[source]
+        self.le = new
+
+
+def init_layer(layer: nn.Module) -> None:
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    if getattr(layer, "bias", None) is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def parameter_counts(model: DeepProp) -> dict[str, int]:
+    def count(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    return {"vfe": count(model.vfe), "sfe": count(model.sfe),
+            "fc": count(model.fc_v) + count(model.fc_s), "le": count(model.le), "total": count(model)}

@@ -1,0 +1,97 @@
+"""The applications of Sec. 6 on top of the propagated class probabilities P (H×W×n):
+colorization, recoloring, foreground selection and per-class masks.
+
+Each one turns P into a small set of per-pixel edit parameters that are linear in P, so the Eq. 15
+smoothing can run on whichever is smaller: P itself or the parameters (see smoothing.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from core.imaging.color import lab_to_rgb, rgb_to_lab
+from core.protocol import bad_input
+
+Smooth = Callable[[np.ndarray], np.ndarray]  # H×W×C → H×W×C (Eq. 15 with the run's data weights)
+MODES = ("colorize", "recolor", "select", "masks")
+
+
+def _smooth_linear(probs: np.ndarray, params: np.ndarray, smooth: Smooth) -> np.ndarray:
+    """Per-pixel Σ_k P_k params_k, smoothed; params: n×D → H×W×D."""
+    if params.shape[1] <= probs.shape[2]:
+        return smooth(probs @ params.astype(np.float32))
+    return smooth(probs) @ params.astype(np.float32)
+
+
+def stroke_lab(colors: np.ndarray) -> np.ndarray:
+    return rgb_to_lab(colors.reshape(1, -1, 3).astype(np.float32) / 255.0).reshape(-1, 3)
+
+
+def colorize(rgb: np.ndarray, probs: np.ndarray, colors: np.ndarray, smooth: Smooth) -> np.ndarray:
+    """ab = Σ_k P_k ab_k of the strokes' colors, L kept from the image → H×W×3 float RGB."""
+    lab = rgb_to_lab(rgb)
+    ab = _smooth_linear(probs, stroke_lab(colors)[:, 1:], smooth)
+    return lab_to_rgb(np.concatenate([lab[..., :1], ab], axis=2))
+
+
+def recolor_transforms(lab: np.ndarray, labels: np.ndarray, colors: np.ndarray,
+                       neutral_chroma: float = 4.0, max_gain: float = 5.0) -> np.ndarray:
+    """Per class an affine map of (a, b): rotate the stroke region's mean hue onto the stroke's hue and
+    scale its mean chroma to the stroke's chroma (n×6: 2×2 matrix row-major, then offset).
+
+    The image's own chroma texture survives; a region that is (nearly) gray has no hue to rotate, so
+    it takes the stroke's ab directly. A stroke painted in the region's own color leaves it unchanged.
+    """
+    targets = stroke_lab(colors)[:, 1:]
+    out = np.zeros((len(colors), 6), np.float64)
+    for k, target in enumerate(targets):
+        ab = lab[labels == k][:, 1:].astype(np.float64)
+        chroma = np.linalg.norm(ab, axis=1).mean() if len(ab) else 0.0
+        if chroma < neutral_chroma:
+            out[k, 4:] = target
+            continue
+        mean = ab.mean(0)
+        turn = np.arctan2(target[1], target[0]) - np.arctan2(mean[1], mean[0])
+        gain = min(max_gain, float(np.hypot(*target)) / chroma)
+        c, s = np.cos(turn) * gain, np.sin(turn) * gain
+        out[k, :4] = (c, -s, s, c)
+    return out
+
+
+def recolor(rgb: np.ndarray, probs: np.ndarray, labels: np.ndarray, colors: np.ndarray,
+            smooth: Smooth) -> np.ndarray:
+    lab = rgb_to_lab(rgb)
+    field = _smooth_linear(probs, recolor_transforms(lab, labels, colors), smooth)   # H×W×6
+    a, b = lab[..., 1], lab[..., 2]
+    new_a = field[..., 0] * a + field[..., 1] * b + field[..., 4]
+    new_b = field[..., 2] * a + field[..., 3] * b + field[..., 5]
+    return lab_to_rgb(np.stack([lab[..., 0], new_a, new_b], axis=2))
+
+
+def foreground_classes(colors: np.ndarray, fg: tuple[int, int, int], bg: tuple[int, int, int]) -> np.ndarray:
+    """Which classes are foreground; every class must be the fg or the bg color, both present."""
+    keys = [tuple(int(v) for v in c) for c in colors]
+    other = [k for k in keys if k not in (tuple(fg), tuple(bg))]
+    if other:
+        names = ", ".join("#{:02x}{:02x}{:02x}".format(*k) for k in other)
+        raise bad_input(
+            f"Select mode needs foreground strokes in #{bytes(fg).hex()} and background strokes in "
+            f"#{bytes(bg).hex()}; found other colors: {names}. Recolor them or set the fg/bg colors."
+        )
+    is_fg = np.array([k == tuple(fg) for k in keys])
+    if is_fg.all() or not is_fg.any():
+        missing = "background" if is_fg.all() else "foreground"
+        raise bad_input(f"Select mode needs both foreground and background strokes; there is no {missing} stroke.")
+    return is_fg
+
+
+def select(probs: np.ndarray, is_fg: np.ndarray, smooth: Smooth) -> np.ndarray:
+    """Soft foreground mask H×W in [0, 1]."""
+    return np.clip(_smooth_linear(probs, is_fg.astype(np.float32)[:, None], smooth)[..., 0], 0, 1)
+
+
+def masks(probs: np.ndarray, smooth: Smooth) -> np.ndarray:
+    """One soft probability channel per class, H×W×n, each in [0, 1]."""
+    return np.clip(smooth(probs), 0, 1)

@@ -1,0 +1,130 @@
+"""Algorithm 1 of DeepProp: learning the network from one image's strokes, and its incremental
+update when strokes are added or removed (Sec. 4, 4.1)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.models.deepprop import DeepProp, DeepPropConfig
+from core.propagation.estimate import PatchSource
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class TrainingLog:
+    pretrain_errors: list[float] = field(default_factory=list)   # per epoch, error / |Ω'|
+    train_errors: list[float] = field(default_factory=list)
+    samples: int = 0
+    stop_reason: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.pretrain_errors) + len(self.train_errors)
+
+
+def sample_training_set(labels: np.ndarray, ratio: float, generator: np.random.Generator,
+                        min_per_class: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ω': a random ``ratio`` of the stroke pixels (each class keeps at least ``min_per_class`` pixels
+    or all it has, so a short stroke is not lost to the 10% draw)."""
+    ys, xs = np.nonzero(labels >= 0)
+    cls = labels[ys, xs]
+    keep = generator.random(len(ys)) < ratio
+    for k in np.unique(cls):
+        members = np.flatnonzero(cls == k)
+        short = min(min_per_class, len(members)) - int(keep[members].sum())
+        if short > 0:
+            keep[generator.choice(members[~keep[members]], short, replace=False)] = True
+    return ys[keep], xs[keep], cls[keep]
+
+
+def train_stage(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor,
+                cfg: DeepPropConfig, generator: torch.Generator, errors: list[float],
+                on_epoch: Callable[[int, float], None] | None = None) -> str:
+    """Adam on mini-batches until E < ε|Ω'| or E rises by more than γ|Ω'| (Algorithm 1).
+
+    E is the summed cross-entropy over Ω' with the parameters at the end of the epoch (one
+    gradient-free pass; with ``cfg.running_error`` the sum accumulated during the epoch instead).
+    """
+    spatial = ("sfe", "fc_s")
+    params = [p for name, p in model.named_parameters() if coords is not None or not name.startswith(spatial)]
+    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, foreach=True)
+    n = len(targets)
+    previous = math.inf
+    model.train()
+    for epoch in range(cfg.max_epochs):
+        order = torch.randperm(n, generator=generator).to(targets.device)
+        total = 0.0
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            logits = model(patches[idx], None if coords is None else coords[idx])
+            loss = F.cross_entropy(logits, targets[idx], reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            (loss / len(idx)).backward()
+            optimizer.step()
+            total += float(loss.detach())
+        if not cfg.running_error:
+            total = epoch_error(model, patches, coords, targets, cfg.batch_size * 16)
+        errors.append(total / n)
+        if on_epoch is not None:
+            on_epoch(epoch, total / n)
+        if total < cfg.epsilon * n:
+            return "converged"
+        if total - previous > cfg.gamma * n:
+            return "error rose"
+        previous = total
+    return "epoch limit"
+
+
+@torch.no_grad()
+def epoch_error(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor,
+                batch: int) -> float:
+    total = 0.0
+    for start in range(0, len(targets), batch):
+        sl = slice(start, start + batch)
+        logits = model(patches[sl], None if coords is None else coords[sl])
+        total += float(F.cross_entropy(logits, targets[sl], reduction="sum"))
+    return total
+
+
+def learn(model: DeepProp | None, source: PatchSource, labels: np.ndarray, cfg: DeepPropConfig,
+          seed: int = 0, pretrain: bool | None = None,
+          progress: Progress | None = None) -> tuple[DeepProp, TrainingLog]:
+    """Algorithm 1. ``model=None`` builds and pre-trains a fresh network; a given model (already
+    resized to the current classes) is refined from its parameters without pre-training."""
+    num_classes = int(labels.max()) + 1
+    generator = np.random.default_rng(seed)
+    torch_gen = torch.Generator().manual_seed(seed)
+    if model is None:
+        torch.manual_seed(seed)
+        model = DeepProp(num_classes, cfg).to(source.device)
+        pretrain = True if pretrain is None else pretrain
+    pretrain = bool(pretrain)
+    ys, xs, cls = sample_training_set(labels, cfg.sample_ratio, generator)
+    ys_t, xs_t = torch.from_numpy(ys), torch.from_numpy(xs)
+    patches = source.patches(ys_t, xs_t)
+    coords = source.coords(ys_t, xs_t)
+    targets = torch.from_numpy(cls.astype(np.int64)).to(source.device)
+    log = TrainingLog(samples=len(targets))
+
+    def report(stage: str, base: float, span: float):
+        def on_epoch(epoch: int, error: float):
+            if progress is not None:
+                done = min(1.0, (epoch + 1) / max(1, cfg.max_epochs) * 4)  # most runs stop within ~¼ cap
+                progress(base + span * done, f"{stage}: epoch {epoch + 1}, error {error:.3f}")
+        return on_epoch
+
+    if pretrain:
+        # Pre-training: VFE + FC_v + LE, no SFE, so the features first learn appearance alone.
+        train_stage(model, patches, None, targets, cfg, torch_gen, log.pretrain_errors,
+                    report("Pre-training", 0.0, 0.4))
+    log.stop_reason = train_stage(model, patches, coords, targets, cfg, torch_gen, log.train_errors,
+                                  report("Training", 0.4 if pretrain else 0.0, 0.6 if pretrain else 1.0))
+    model.eval()
+    return model, log

@@ -1,0 +1,183 @@
+"""One propagation run: strokes → DeepProp learning (or its incremental update) → superpixel-wise or
+per-pixel estimation → Eq. 15 post-processing → the chosen application.
+
+``ImageState`` is what the daemon keeps per image between runs (in JobContext.models): the patch
+tensor, superpixels, the edge graph and the trained network with its class keys, so re-running
+after editing one path reuses everything that did not change (Sec. 4.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from core.imaging.color import rgb_to_lab
+from core.models.deepprop import DeepProp, DeepPropConfig
+from core.propagation import apps
+from core.propagation.estimate import PatchSource, estimate_pixels, estimate_superpixels, is_gray
+from core.propagation.learn import TrainingLog, learn
+from core.propagation.slic import SlicResult, slic
+from core.propagation.smoothing import EdgeGraph, SmoothingConfig, eroded_edge_weights, smooth
+from core.propagation.strokes import DEFAULT_BG, DEFAULT_FG, RGB, Strokes
+from core.protocol import bad_input
+
+Progress = Callable[[float, str], None]
+PIXELS_PER_SUPERPIXEL = 100  # default density: S ≈ 10 px
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    mode: str = "masks"
+    superpixels: int = 0            # number of SLIC superpixels; 0 = one per 100 pixels
+    per_pixel: bool = False         # per-pixel estimation instead of superpixel-wise
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    fg: RGB = DEFAULT_FG
+    bg: RGB = DEFAULT_BG
+    seed: int = 0
+    model: DeepPropConfig = field(default_factory=DeepPropConfig)
+
+
+@dataclass
+class ImageState:
+    fingerprint: str
+    source: PatchSource
+    lab: np.ndarray
+    superpixels: dict[int, SlicResult] = field(default_factory=dict)
+    graphs: dict[float, EdgeGraph] = field(default_factory=dict)
+    model: DeepProp | None = None
+    class_keys: list[str] = field(default_factory=list)
+    strokes_digest: str = ""
+
+    def superpixels_for(self, count: int) -> SlicResult:
+        if count not in self.superpixels:
+            self.superpixels[count] = slic(self.lab, count)
+        return self.superpixels[count]
+
+    def graph_for(self, sigma: float) -> EdgeGraph:
+        if sigma not in self.graphs:
+            self.graphs[sigma] = EdgeGraph(self.lab, sigma)
+        return self.graphs[sigma]
+
+
+@dataclass
+class PropagationResult:
+    output: np.ndarray              # colorize/recolor: H×W×3 RGB; select: H×W; masks: H×W×n (floats in [0, 1])
+    probabilities: np.ndarray       # raw estimate H×W×n (before post-processing)
+    colors: np.ndarray              # n×3 u8 class colors
+    log: TrainingLog | None
+    incremental: bool
+    timings: dict[str, float]
+
+
+def image_fingerprint(rgb: np.ndarray) -> str:
+    digest = hashlib.sha1(np.ascontiguousarray(rgb).view(np.uint8)).hexdigest()
+    return f"{rgb.shape[0]}x{rgb.shape[1]}:{digest[:16]}"
+
+
+def new_state(rgb: np.ndarray, device: torch.device | str = "cpu", fingerprint: str | None = None) -> ImageState:
+    return ImageState(fingerprint or image_fingerprint(rgb), PatchSource.from_image(rgb, device=device),
+                      rgb_to_lab(rgb))
+
+
+def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, state: ImageState | None = None,
+              progress: Progress | None = None, device: torch.device | str = "cpu",
+              ) -> tuple[PropagationResult, ImageState]:
+    """rgb: H×W×3 float in [0, 1]; strokes at the same size. Returns the result and the state to keep."""
+    report = progress or (lambda fraction, text: None)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    if options.mode not in apps.MODES:
+        raise bad_input(f"Unknown mode '{options.mode}'; choose one of {', '.join(apps.MODES)}.")
+    if strokes.labels.shape != rgb.shape[:2]:
+        raise bad_input(f"The strokes are {strokes.labels.shape[1]}×{strokes.labels.shape[0]} but the image is "
+                        f"{rgb.shape[1]}×{rgb.shape[0]}; they must have the same size.")
+    if strokes.num_classes < 2:
+        raise bad_input("Only one stroke class was found. Draw strokes in at least two colors (e.g. one on the "
+                        "object and one on the background) so there is something to tell apart.")
+    is_fg = apps.foreground_classes(strokes.colors, options.fg, options.bg) if options.mode == "select" else None
+
+    fingerprint = image_fingerprint(rgb)
+    if state is None or state.fingerprint != fingerprint:
+        state = new_state(rgb, device, fingerprint)
+    cfg = replace(options.model, in_channels=state.source.channels)
+    keys = strokes.keys()
+    digest = hashlib.sha1(strokes.labels.tobytes() + ",".join(keys).encode()).hexdigest()
+    timings["prepare"] = time.perf_counter() - clock
+
+    # Learning (Algorithm 1) or its incremental update (Sec. 4.1).
+    clock = time.perf_counter()
+    log = None
+    incremental = state.model is not None and state.model.cfg == cfg
+    if incremental and digest == state.strokes_digest and keys == state.class_keys:
+        model = state.model  # nothing changed: the trained network already fits these strokes
+        report(0.7, "Strokes unchanged; reusing the trained network")
+    else:
+        model = None
+        if incremental:
+            model = state.model
+            model.resize_classes([state.class_keys.index(k) if k in state.class_keys else None for k in keys])
+        model, log = learn(model, state.source, strokes.labels, cfg, seed=options.seed,
+                           progress=lambda f, t: report(0.05 + 0.65 * f, t))
+    state.model, state.class_keys, state.strokes_digest = model, keys, digest
+    timings["learn"] = time.perf_counter() - clock
+
+    # Estimation (Sec. 5.1).
+    clock = time.perf_counter()
+    h, w = rgb.shape[:2]
+    if options.per_pixel:
+        report(0.72, "Estimating every pixel")
+        probs = estimate_pixels(model, state.source, lambda f: report(0.72 + 0.13 * f, "Estimating every pixel"))
+        radius = options.smoothing.radius or 2.0
+    else:
+        report(0.72, "Superpixels")
+        count = options.superpixels or max(2, h * w // PIXELS_PER_SUPERPIXEL)
+        superpixels = state.superpixels_for(int(count))
+        report(0.8, "Estimating superpixels")
+        probs = estimate_superpixels(model, state.source, superpixels.labels, superpixels.centers)
+        radius = options.smoothing.radius or max(1.0, superpixels.spacing / 2)
+    timings["estimate"] = time.perf_counter() - clock
+
+    # Post-processing (Sec. 5.2, Eq. 15).
+    clock = time.perf_counter()
+    report(0.86, "Edge-aware smoothing")
+    iterations = []
+    if options.smoothing.strength > 0:
+        graph = state.graph_for(options.smoothing.sigma)
+        weights = eroded_edge_weights(probs.argmax(2), radius)
+
+        def smoother(values: np.ndarray) -> np.ndarray:
+            out, its = smooth(graph, values, weights, options.smoothing)
+            iterations.append(its)
+            return out
+    else:
+        def smoother(values: np.ndarray) -> np.ndarray:
+            return values
+
+    if options.mode == "colorize":
+        output = apps.colorize(rgb, probs, strokes.colors, smoother)
+    elif options.mode == "recolor":
+        output = apps.recolor(rgb, probs, strokes.labels, strokes.colors, smoother)
+    elif options.mode == "select":
+        output = apps.select(probs, is_fg, smoother)
+    else:
+        output = apps.masks(probs, smoother)
+    timings["postprocess"] = time.perf_counter() - clock
+    timings["cg_iterations"] = float(sum(iterations))
+    report(1.0, "Done")
+    return PropagationResult(output, probs, strokes.colors, log, incremental, timings), state
+
+
+def prepare_rgb(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """Any action image (H×W×C u8/u16/f32, gray or with alpha) → (float RGB, alpha, was gray)."""
+    from core.imaging.io import split_alpha, to_float
+
+    if image.ndim == 2:
+        image = image[..., None]
+    color, alpha = split_alpha(image)
+    rgb = to_float(color)
+    return rgb, alpha, is_gray(rgb)
