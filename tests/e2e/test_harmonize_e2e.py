@@ -72,9 +72,12 @@ def read(path: str, shape) -> np.ndarray:
     return np.fromfile(path, dtype=np.uint8).reshape(shape)
 
 
-def test_harmonize_selection_writes_new_layer(daemon):
+@pytest.mark.parametrize("precision", ["U8_NON_LINEAR", "FLOAT_NON_LINEAR"])
+def test_harmonize_selection_writes_new_layer(daemon, precision):
     gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
-    script = BUILD_IMAGE + """
+    script = BUILD_IMAGE + f"""
+image.convert_precision(Gimp.Precision.{precision})
+""" + """
 image.select_ellipse(Gimp.ChannelOps.REPLACE, 60, 40, 60, 60)
 Gimp.Selection.feather(image, 10.0)
 n_before = len(image.get_layers())
@@ -82,11 +85,12 @@ n_before = len(image.get_layers())
 save_result({"status": int(status), "ok": status == Gimp.PDBStatusType.SUCCESS,
              "layers_before": n_before, "layers_after": len(image.get_layers()),
              "name": top.get_name(), "offsets": [ox, oy], "size": [top.get_width(), top.get_height()],
-             "undo_enabled": image.undo_is_enabled()})
+             "precision": str(image.get_precision())})
 """
     run = gimp.run(script)
     assert run.result, run.output
     assert run.result["ok"], run.output
+    assert precision in run.result["precision"]
     assert run.result["layers_after"] == run.result["layers_before"] + 1
     assert run.result["offsets"] == [30, 20] and run.result["size"] == [120, 100]
     assert "harmonized" in run.result["name"] and "statistics" in run.result["name"]
