@@ -188,3 +188,21 @@ def test_paper_config_and_roundtrip():
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError):
         adjust_lab(_model(), torch.zeros(8, 8, 3), head="nonsense")
+
+
+def test_squeezing_before_sampling_equals_squeezing_each_sampled_pixel():
+    model = _model(5)
+    lab = torch.randn(1, 3, 48, 48) * 0.3
+    first, stages = model.backbone(lab)
+    stages = stages[: TINY.hypercolumn_stages]
+    maps = [norm(s) for norm, s in zip(model.norms, stages, strict=True)]
+    maps.append(model.renet_norm(model.renet(stages[-1])))
+    size = stages[0].shape[-2:]
+    hyper = torch.cat([torch.nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                       for m in maps], 1)
+    grid = torch.rand(1, 50, 2) * 2.2 - 1.1  # some positions beyond the border, where padding repeats
+    sampled = torch.nn.functional.grid_sample(hyper, grid[:, None], mode="bilinear", padding_mode="border",
+                                              align_corners=False)[:, :, 0].transpose(1, 2)
+    expected = torch.relu(model.squeeze(sampled))
+    _, f_cxt = model.pixel_features(model.encode(lab), grid, torch.zeros(1, 50, 3))
+    assert torch.allclose(f_cxt, expected, atol=1e-5)

@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: the variant's)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=40.0, help="wall-clock training budget")
+    parser.add_argument("--max-steps", type=int, default=0, help="also stop after this many steps (0 = no limit)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint-minutes", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             used = (model.semantic.frequency > 0.02).sum().item()
             log(f"step {step} {elapsed / 60:.1f} min lr {lr:.2e} "
                 + " ".join(f"{k} {v:.5f}" for k, v in running.items()) + f" presets-in-use {used}")
-        done = elapsed >= budget
+        done = elapsed >= budget or (args.max_steps and step >= args.max_steps)
         if done or time.time() - last_ckpt > args.checkpoint_minutes * 60:
             metrics = evaluate(model, baseline, val)
             rounded = {k: round(v, 3) for k, v in metrics.items()}
