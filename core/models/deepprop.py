@@ -40,6 +40,7 @@ class DeepPropConfig:
     gamma: float = 0.01            # ... or when it rises by more than γ|Ω'|
     sample_ratio: float = 0.10     # Ω' = a random 10% of the stroke pixels
     running_error: bool = True     # E summed during the epoch (True) or from a pass after it (False)
+    min_epoch_samples: int = 1024  # small Ω' is repeated within an epoch up to this many samples
     max_epochs: int = 30           # safety cap per stage; the ε/γ tests normally stop far earlier
 
     @property

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
-from core.imaging.color import lab_to_rgb, rgb_to_lab
+from core.imaging.color import _EPS, _KAPPA, _WHITE_D65, _XYZ_TO_SRGB, lab_to_rgb, rgb_to_lab
 from core.protocol import bad_input
 
 Smooth = Callable[[np.ndarray], np.ndarray]  # H×W×C → H×W×C (Eq. 15 with the run's data weights)
@@ -25,6 +26,36 @@ def _smooth_linear(probs: np.ndarray, params: np.ndarray, smooth: Smooth) -> np.
     return smooth(probs) @ params.astype(np.float32)
 
 
+def _linear_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab (N×3) → linear sRGB without clipping, to test gamut membership."""
+    L, a, b = lab.unbind(1)
+    fy = (L + 16) / 116
+    f = torch.stack([fy + a / 500, fy, fy - b / 200], 1)
+    xyz = torch.where(f ** 3 > _EPS, f ** 3, (116 * f - 16) / _KAPPA) * _WHITE_D65.to(lab)
+    return xyz @ _XYZ_TO_SRGB.T.to(lab)
+
+
+def lab_to_rgb_keep_lightness(lab: np.ndarray, steps: int = 12) -> np.ndarray:
+    """Lab → sRGB, pulling out-of-gamut colors toward gray (bisection on the chroma scale) instead of
+    clipping the channels, so the result keeps the image's L as the applications promise."""
+    flat = torch.from_numpy(lab.reshape(-1, 3).astype(np.float64))
+    rgb = _linear_rgb(flat)
+    outside = ((rgb < -1e-6) | (rgb > 1 + 1e-6)).any(1)
+    if outside.any():
+        sub = flat[outside]
+        lo = torch.zeros(len(sub), dtype=sub.dtype)
+        hi = torch.ones(len(sub), dtype=sub.dtype)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            trial = torch.cat([sub[:, :1], sub[:, 1:] * mid[:, None]], 1)
+            lin = _linear_rgb(trial)
+            ok = ((lin >= -1e-6) & (lin <= 1 + 1e-6)).all(1)
+            lo = torch.where(ok, mid, lo)
+            hi = torch.where(ok, hi, mid)
+        flat[outside] = torch.cat([sub[:, :1], sub[:, 1:] * lo[:, None]], 1)
+    return lab_to_rgb(flat.numpy().astype(np.float32).reshape(lab.shape))
+
+
 def stroke_lab(colors: np.ndarray) -> np.ndarray:
     return rgb_to_lab(colors.reshape(1, -1, 3).astype(np.float32) / 255.0).reshape(-1, 3)
 
@@ -33,7 +64,7 @@ def colorize(rgb: np.ndarray, probs: np.ndarray, colors: np.ndarray, smooth: Smo
     """ab = Σ_k P_k ab_k of the strokes' colors, L kept from the image → H×W×3 float RGB."""
     lab = rgb_to_lab(rgb)
     ab = _smooth_linear(probs, stroke_lab(colors)[:, 1:], smooth)
-    return lab_to_rgb(np.concatenate([lab[..., :1], ab], axis=2))
+    return lab_to_rgb_keep_lightness(np.concatenate([lab[..., :1], ab], axis=2))
 
 
 def recolor_transforms(lab: np.ndarray, labels: np.ndarray, colors: np.ndarray,
@@ -67,7 +98,7 @@ def recolor(rgb: np.ndarray, probs: np.ndarray, labels: np.ndarray, colors: np.n
     a, b = lab[..., 1], lab[..., 2]
     new_a = field[..., 0] * a + field[..., 1] * b + field[..., 4]
     new_b = field[..., 2] * a + field[..., 3] * b + field[..., 5]
-    return lab_to_rgb(np.stack([lab[..., 0], new_a, new_b], axis=2))
+    return lab_to_rgb_keep_lightness(np.stack([lab[..., 0], new_a, new_b], axis=2))
 
 
 def foreground_classes(colors: np.ndarray, fg: tuple[int, int, int], bg: tuple[int, int, int]) -> np.ndarray:

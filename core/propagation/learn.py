@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from core.models.deepprop import DeepProp, DeepPropConfig
 from core.propagation.estimate import PatchSource
@@ -57,18 +58,22 @@ def train_stage(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | N
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, foreach=True)
     n = len(targets)
     previous = math.inf
+    snapshot = None
     model.train()
+    repeats = max(1, math.ceil(cfg.min_epoch_samples / n))
     for epoch in range(cfg.max_epochs):
-        order = torch.randperm(n, generator=generator).to(targets.device)
+        # A small Ω' is passed over several times per epoch so E and the γ test are not decided by
+        # one or two mini-batches; E stays normalized per pass (error / |Ω'|).
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(repeats)]).to(targets.device)
         total = 0.0
-        for start in range(0, n, cfg.batch_size):
+        for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             logits = model(patches[idx], None if coords is None else coords[idx])
             loss = F.cross_entropy(logits, targets[idx], reduction="sum")
             optimizer.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()
             optimizer.step()
-            total += float(loss.detach())
+            total += float(loss.detach()) / repeats
         if not cfg.running_error:
             total = epoch_error(model, patches, coords, targets, cfg.batch_size * 16)
         errors.append(total / n)
@@ -77,8 +82,11 @@ def train_stage(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | N
         if total < cfg.epsilon * n:
             return "converged"
         if total - previous > cfg.gamma * n:
+            # Early stop: the epoch made things worse, so keep the parameters from before it.
+            model.load_state_dict(snapshot)
             return "error rose"
         previous = total
+        snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return "epoch limit"
 
 
@@ -99,6 +107,7 @@ def learn(model: DeepProp | None, source: PatchSource, labels: np.ndarray, cfg: 
     """Algorithm 1. ``model=None`` builds and pre-trains a fresh network; a given model (already
     resized to the current classes) is refined from its parameters without pre-training."""
     num_classes = int(labels.max()) + 1
+    cfg = replace(cfg, in_channels=source.channels)
     generator = np.random.default_rng(seed)
     torch_gen = torch.Generator().manual_seed(seed)
     if model is None:
@@ -124,6 +133,9 @@ def learn(model: DeepProp | None, source: PatchSource, labels: np.ndarray, cfg: 
         # Pre-training: VFE + FC_v + LE, no SFE, so the features first learn appearance alone.
         train_stage(model, patches, None, targets, cfg, torch_gen, log.pretrain_errors,
                     report("Pre-training", 0.0, 0.4))
+        # The whole network starts as the pre-trained one: W_cs = 0 until training moves it, so
+        # switching the SFE on does not scramble the features learned from appearance.
+        nn.init.zeros_(model.fc_s.weight)
     log.stop_reason = train_stage(model, patches, coords, targets, cfg, torch_gen, log.train_errors,
                                   report("Training", 0.4 if pretrain else 0.0, 0.6 if pretrain else 1.0))
     model.eval()

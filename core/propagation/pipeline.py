@@ -139,7 +139,7 @@ def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, st
         superpixels = state.superpixels_for(int(count))
         report(0.8, "Estimating superpixels")
         probs = estimate_superpixels(model, state.source, superpixels.labels, superpixels.centers)
-        radius = options.smoothing.radius or max(1.0, superpixels.spacing / 2)
+        radius = options.smoothing.radius or max(1.0, superpixels.spacing / 4)
     timings["estimate"] = time.perf_counter() - clock
 
     # Post-processing (Sec. 5.2, Eq. 15).

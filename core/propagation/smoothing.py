@@ -25,7 +25,7 @@ import scipy.sparse as sp
 class SmoothingConfig:
     strength: float = 1.0       # λ of Eq. 15; 0 turns post-processing off
     sigma: float = 6.0          # σ of the edge affinity, CIELab units
-    radius: float | None = None  # eroded band half-width in pixels; None: half the superpixel interval
+    radius: float | None = None  # eroded band half-width in pixels; None: a quarter superpixel interval
     tolerance: float = 1e-3     # relative residual of the CG solve
     max_iterations: int = 500
 

@@ -164,7 +164,10 @@ def rasterize_paths(paths: list[StrokePath], height: int, width: int, brush_widt
         raise bad_input("There are no paths to use as strokes. Draw at least two paths with the Paths tool.")
     raster = np.zeros((height, width, 4), np.uint8)
     scratch = np.zeros((height, width), np.uint8)
-    thickness = max(1, int(round(brush_width)))
+    # The centerline is drawn 1 px wide, then dilated by a disk of the brush's diameter: cv2's own
+    # thick lines come out about two pixels wider than asked.
+    diameter = max(1, int(round(brush_width)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter)) if diameter > 1 else None
     shift = 4  # sub-pixel precision of cv2's fixed-point coordinates
     for path in paths:
         color = path.color(fg, bg)
@@ -172,14 +175,11 @@ def rasterize_paths(paths: list[StrokePath], height: int, width: int, brush_widt
             raise bad_input(f"Path '{path.name}' has no strokes.")
         scratch[:] = 0
         for pts, closed in zip(path.polylines, path.closed, strict=True):
-            fixed = np.round(pts * (1 << shift)).astype(np.int64)
-            # cv2 wants int32; clamp far-away points instead of letting them wrap around.
-            fixed = np.clip(fixed, -(1 << 26), 1 << 26).astype(np.int32)
-            if len(fixed) == 1:
-                cv2.circle(scratch, tuple(int(v) for v in fixed[0]), thickness << (shift - 1), 1,
-                           -1, cv2.LINE_8, shift)
-            else:
-                cv2.polylines(scratch, [fixed.reshape(-1, 1, 2)], closed, 1, thickness, cv2.LINE_8, shift)
+            # Clamp far-away points (cv2 wants int32) instead of letting them wrap around.
+            fixed = np.clip(np.round(pts * (1 << shift)), -(1 << 26), 1 << 26).astype(np.int32)
+            cv2.polylines(scratch, [fixed.reshape(-1, 1, 2)], closed, 1, 1, cv2.LINE_8, shift)
+        if disk is not None:
+            scratch = cv2.dilate(scratch, disk)
         painted = scratch.astype(bool)
         if not painted.any():
             raise bad_input(

@@ -1,0 +1,150 @@
+"""Propagate Path Strokes... inside a real GIMP 3, talking to a real daemon."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from core.imaging.color import rgb_to_lab
+from tests.e2e.harness import SKIP_REASON, Gimp, gimp_console_command, start_daemon, temp_root
+
+GIMP = gimp_console_command()
+pytestmark = [pytest.mark.gimp, pytest.mark.skipif(GIMP is None, reason=SKIP_REASON)]
+
+# A 140×100 photo-like layer at offset (10, 6) in a 160×120 RGB image: a gray textured left part and a
+# brighter striped right part (x ≥ 70). Two paths: one in each part, named with their colors.
+BUILD_IMAGE = """
+image = Gimp.Image.new(160, 120, Gimp.ImageBaseType.RGB)
+layer = Gimp.Layer.new(image, "photo", 140, 100, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(layer, None, 0)
+layer.set_offsets(10, 6)
+pixels = bytearray()
+for y in range(100):
+    for x in range(140):
+        if x < 70:
+            v = 70 + (x * 7 + y * 13) % 23
+            pixels += bytes((v, v, v, 255))
+        else:
+            v = 170 + 30 * ((x // 3) % 2)
+            pixels += bytes((v, v - 5, v - 10, 255))
+buf = layer.get_buffer()
+buf.set(Gegl.Rectangle.new(0, 0, 140, 100), "R'G'B'A u8", bytes(pixels))
+buf.flush()
+def add_path(name, points):
+    p = Gimp.Path.new(image, name)
+    image.insert_path(p, None, 0)
+    flat = []
+    for x, y in points:
+        flat += [x, y, x, y, x, y]
+    p.stroke_new_from_points(Gimp.PathStrokeType.BEZIER, flat, False)
+    return p
+"""
+
+
+def call_procedure(args: str) -> str:
+    return f"""
+proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-propagate-paths")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+cfg.set_property("image", image)
+cfg.set_core_object_array("drawables", [layer])
+{args}
+res = proc.run(cfg)
+status = res.index(0)
+error = res.index(1) if res.length() > 1 else None
+message = error.message if error is not None and hasattr(error, "message") else str(error)
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    # One compute thread: the test machines are shared, and oversubscribed cores slow training ~10×.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    running = start_daemon(temp_root("semantic-e2e-state-") / "state", "--idle-exit", "0", env=env)
+    yield running
+    running.stop()
+
+
+def test_two_paths_colorize_into_a_new_layer(daemon):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    script = BUILD_IMAGE + """
+add_path("rock #2060ff", [(30, 20), (40, 50), (45, 85)])
+add_path("sand orange", [(110, 20), (120, 50), (130, 85)])
+n_before = len(image.get_layers())
+""" + call_procedure('cfg.set_property("mode", "colorize"); cfg.set_property("brush-width", 5.0)') + """
+top = image.get_layers()[0]
+ok, ox, oy = top.get_offsets()
+with open(RESULT_PATH + ".result", "wb") as f:
+    f.write(top.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
+with open(RESULT_PATH + ".source", "wb") as f:
+    f.write(layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
+save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
+             "layers_before": n_before, "layers_after": len(image.get_layers()),
+             "name": top.get_name(), "offsets": [ox, oy], "size": [top.get_width(), top.get_height()]})
+"""
+    run = gimp.run(script, timeout=600)
+    assert run.result, run.output
+    assert run.result["ok"], run.result["message"] + run.output[-2000:]
+    assert run.result["layers_after"] == run.result["layers_before"] + 1
+    assert run.result["offsets"] == [10, 6] and run.result["size"] == [140, 100]
+    assert "colorized" in run.result["name"]
+    stem = str(next(gimp.root.glob("result-*.json.result")))[: -len(".result")]
+    result = np.fromfile(stem + ".result", np.uint8).reshape(100, 140, 4)
+    source = np.fromfile(stem + ".source", np.uint8).reshape(100, 140, 4)
+    lab_out = rgb_to_lab(result[..., :3] / 255.0)
+    lab_in = rgb_to_lab(source[..., :3] / 255.0)
+    assert np.abs(lab_out[..., 0] - lab_in[..., 0]).mean() < 3.0, "colorize keeps the lightness"
+    left, right = lab_out[10:90, 5:60], lab_out[10:90, 80:135]
+    assert left[..., 2].mean() < -15, "the left part turns blue (b < 0)"
+    assert right[..., 1].mean() > 5 and right[..., 2].mean() > 15, "the right part turns orange"
+    assert (result[..., 3] == 255).all()
+
+
+def test_select_mode_sets_the_selection(daemon):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    script = BUILD_IMAGE + """
+add_path("fg", [(110, 20), (120, 50), (130, 85)])
+add_path("bg", [(30, 20), (40, 50), (45, 85)])
+n_channels = len(image.get_channels())
+""" + call_procedure('cfg.set_property("mode", "select")') + """
+with open(RESULT_PATH + ".mask", "wb") as f:
+    f.write(image.get_selection().get_buffer().get(Gegl.Rectangle.new(10, 6, 140, 100), 1.0, "Y u8",
+                                                   Gegl.AbyssPolicy.NONE))
+save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
+             "channels_added": len(image.get_channels()) - n_channels})
+"""
+    run = gimp.run(script, timeout=600)
+    assert run.result, run.output
+    assert run.result["ok"], run.result["message"] + run.output[-2000:]
+    assert run.result["channels_added"] == 1
+    stem = str(next(gimp.root.glob("result-*.json.mask")))[: -len(".mask")]
+    mask = np.fromfile(stem + ".mask", np.uint8).reshape(100, 140)
+    assert (mask[:, 80:] > 127).mean() > 0.95 and (mask[:, :60] < 128).mean() > 0.95
+
+
+@pytest.mark.parametrize("paths, expected", [
+    ([], "no paths"),
+    ([("rock #2060ff", [(30, 20), (40, 80)])], "one stroke class"),
+    ([("rock #2060ff", [(30, 20), (40, 80)]), ("mystery", [(110, 20), (120, 80)])], "mystery"),
+    ([("rock #2060ff", [(30, 20), (40, 80)]), ("far red", [(400, 300), (420, 330)])], "outside the layer"),
+])
+def test_bad_paths_report_and_change_nothing(daemon, paths, expected):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    adds = "\n".join(f"add_path({name!r}, {pts!r})" for name, pts in paths)
+    script = BUILD_IMAGE + adds + """
+before = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
+n_before, c_before = len(image.get_layers()), len(image.get_channels())
+""" + call_procedure('cfg.set_property("mode", "colorize")') + """
+after = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
+save_result({"success": status == Gimp.PDBStatusType.SUCCESS, "message": message,
+             "unchanged": bytes(before) == bytes(after) and len(image.get_layers()) == n_before
+                          and len(image.get_channels()) == c_before})
+"""
+    run = gimp.run(script, timeout=600)
+    assert run.result, run.output
+    assert not run.result["success"]
+    assert expected in run.result["message"].lower(), run.result
+    assert "Traceback" not in run.result["message"]
+    assert run.result["unchanged"]

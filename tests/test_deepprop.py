@@ -1,0 +1,126 @@
+"""DeepProp network and Algorithm 1: shapes, parameter counts, the fast VFE path, learning a toy image,
+incremental update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.models.deepprop import DeepProp, DeepPropConfig, parameter_counts
+from core.propagation.estimate import PatchSource, estimate_pixels
+from core.propagation.learn import learn, sample_training_set
+
+FAST = DeepPropConfig()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The test machines are shared: several threads per test oversubscribe the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def test_shapes_follow_the_paper():
+    model = DeepProp(4)
+    patch, coords = torch.rand(5, 3, 9, 9), torch.rand(5, 2)
+    assert model.vfe(patch).shape == (5, 256)                  # VFE → 256-d f_v
+    assert model.features(patch, coords).shape == (5, 256)     # FC → 256
+    assert model.features(patch, None).shape == (5, 256)       # pre-training network, no SFE
+    probs = model.probabilities(patch, coords)
+    assert probs.shape == (5, 4)
+    torch.testing.assert_close(probs.sum(1), torch.ones(5))
+    assert DeepPropConfig().vfe_spatial == 1
+
+
+def test_parameter_counts():
+    counts = parameter_counts(DeepProp(3))
+    assert counts["vfe"] == (3 * 9 * 128 + 128) + (128 * 9 * 256 + 256)
+    assert counts["sfe"] == 2 * 256 + 256
+    assert counts["fc"] == 256 * 256 + 256 + 256 * 256         # W_cv, shared bias, W_cs
+    assert counts["le"] == 256 * 3 + 3
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    gray = parameter_counts(DeepProp(2, DeepPropConfig(in_channels=1)))
+    assert gray["vfe"] == (9 * 128 + 128) + (128 * 9 * 256 + 256)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fast_vfe_equals_layer_by_layer_reference(channels):
+    torch.manual_seed(0)
+    model = DeepProp(2, DeepPropConfig(in_channels=channels))
+    patch = torch.rand(17, channels, 9, 9, requires_grad=True)
+    fast, ref = model.vfe(patch), model.vfe.forward_reference(patch)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().sum(), model.vfe.conv1.weight)[0]
+    g_ref = torch.autograd.grad(ref.square().sum(), model.vfe.conv1.weight)[0]
+    torch.testing.assert_close(g_fast, g_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_initialization_is_he_normal_with_zero_bias():
+    torch.manual_seed(1)
+    model = DeepProp(2)
+    w = model.vfe.conv2.weight
+    fan_in = w[0].numel()
+    assert abs(w.std().item() - (2 / fan_in) ** 0.5) < 0.1 * (2 / fan_in) ** 0.5
+    assert model.vfe.conv2.bias.abs().max() == 0 and model.le.bias.abs().max() == 0
+
+
+def two_region_image(h=40, w=56, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    region = (xx + 0.3 * yy) > w * 0.55
+    # Textures rather than flat colors: stripes vs noise, overlapping brightness ranges.
+    img[~region] = 0.45 + 0.25 * np.sin(xx[~region, None] * 1.3) * np.array([1.0, 0.6, 0.2])
+    img[region] = 0.45 + 0.15 * rng.standard_normal((region.sum(), 1)) * np.array([0.2, 0.5, 1.0])
+    return np.clip(img, 0, 1), region
+
+
+def test_training_on_two_regions_reaches_95_percent():
+    img, region = two_region_image()
+    labels = np.full(region.shape, -1, np.int32)
+    labels[5:9, 4:20] = 0
+    labels[30:34, 6:18] = 0
+    labels[6:10, 40:54] = 1
+    labels[28:32, 42:54] = 1
+    assert (region[labels == 1]).all() and (~region[labels == 0]).all()
+    source = PatchSource.from_image(img)
+    model, log = learn(None, source, labels, FAST, seed=0)
+    assert log.pretrain_errors and log.train_errors
+    probs = estimate_pixels(model, source)
+    accuracy = ((probs.argmax(2) == 1) == region).mean()
+    assert accuracy >= 0.95, accuracy
+
+
+def test_training_samples_ten_percent_of_stroke_pixels():
+    labels = np.full((100, 100), -1, np.int32)
+    labels[:50] = 0
+    labels[50:] = 1
+    ys, xs, cls = sample_training_set(labels, 0.1, np.random.default_rng(0))
+    assert 800 < len(ys) < 1200
+    assert set(np.unique(cls)) == {0, 1}
+    assert (labels[ys, xs] == cls).all()
+
+
+def test_incremental_update_keeps_parameters_and_le_rows():
+    img, region = two_region_image()
+    labels = np.full(region.shape, -1, np.int32)
+    labels[5:9, 4:20] = 0
+    labels[6:10, 40:54] = 1
+    source = PatchSource.from_image(img)
+    model, _ = learn(None, source, labels, FAST, seed=0)
+    conv_before = model.vfe.conv1.weight.detach().clone()
+    le_before = model.le.weight.detach().clone()
+    model.resize_classes([1, None, 0])  # swap the two classes, add a third
+    torch.testing.assert_close(model.le.weight[0], le_before[1])
+    torch.testing.assert_close(model.le.weight[2], le_before[0])
+    assert model.num_classes == 3
+    assert torch.equal(model.vfe.conv1.weight, conv_before)     # VFE untouched by resizing
+    model.resize_classes([0, 2])                                 # remove one
+    torch.testing.assert_close(model.le.weight[1], le_before[0])
+    new_labels = np.where(labels == 0, 1, np.where(labels == 1, 0, -1)).astype(np.int32)
+    refined, log = learn(model, source, new_labels, FAST, seed=1)
+    assert refined is model and not log.pretrain_errors          # refined in place, no pre-training

@@ -1,0 +1,284 @@
+"""Strokes, SLIC, Eq. 15 smoothing, the applications and the propagate action."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.actions.base import JobContext, ModelCache
+from core.actions.propagate import CACHE_PREFIX
+from core.actions.propagate import run as run_action
+from core.imaging.color import rgb_to_lab
+from core.models.deepprop import DeepPropConfig
+from core.propagation.pipeline import PropagationOptions, propagate
+from core.propagation.slic import slic
+from core.propagation.smoothing import EdgeGraph, SmoothingConfig, eroded_edge_weights, smooth
+from core.propagation.strokes import (
+    CSS_COLORS,
+    StrokePath,
+    color_from_name,
+    labels_from_scribbles,
+    parse_path_data,
+    paths_from_params,
+    rasterize_paths,
+    read_svg_paths,
+)
+from core.protocol import SemanticError
+
+# --- strokes ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The test machines are shared: several threads per test oversubscribe the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+@pytest.mark.parametrize("name, color", [
+    ("sky #4080ff", (64, 128, 255)),
+    ("#F80 hair", (255, 136, 0)),
+    ("grass green", (0, 128, 0)),
+    ("light blue water", (173, 216, 230)),
+    ("Hair: SaddleBrown", (139, 69, 19)),
+    ("fg", (255, 0, 0)),
+    ("object (foreground)", (255, 0, 0)),
+    ("bg 2", (0, 0, 255)),
+    ("reduced", None),
+    ("Path #2", None),
+])
+def test_color_from_name(name, color):
+    assert color_from_name(name) == color
+
+
+def test_css_table_is_complete_and_exact():
+    assert len(CSS_COLORS) == 148
+    assert CSS_COLORS["rebeccapurple"] == (102, 51, 153) and CSS_COLORS["gray"] == CSS_COLORS["grey"]
+
+
+def test_rasterize_paths_brush_width_and_colors():
+    paths = paths_from_params([
+        {"name": "a red", "color": None, "strokes": [[10, 20, 50, 20]]},
+        {"name": "b", "color": "#00ff00", "strokes": [[20, 40, 20, 40]]},  # a dot, color from the tag
+    ], offset=(5, 0))
+    raster = rasterize_paths(paths, 60, 80, brush_width=5)
+    red = (raster[..., 0] == 255) & (raster[..., 3] == 255)
+    ys, xs = np.nonzero(red)
+    assert ys.min() >= 17 and ys.max() <= 23 and 3 <= ys.max() - ys.min() + 1 <= 6
+    assert xs.min() >= 2 and xs.max() <= 48                     # shifted by the layer offset
+    assert raster[40, 15, 1] == 255                              # the dot, painted around (15, 40)
+    strokes = labels_from_scribbles(raster)
+    assert strokes.num_classes == 2 and set(strokes.keys()) == {"#ff0000", "#00ff00"}
+
+
+def test_rasterize_reports_paths_without_color_or_outside():
+    with pytest.raises(SemanticError, match="'mystery' has no color"):
+        rasterize_paths([StrokePath("mystery", [np.array([[1.0, 1.0], [5.0, 5.0]])], [False])], 10, 10, 3)
+    with pytest.raises(SemanticError, match="outside the layer"):
+        rasterize_paths([StrokePath("far red", [np.array([[100.0, 100.0], [120.0, 130.0]])], [False])], 10, 10, 3)
+    with pytest.raises(SemanticError, match="no paths"):
+        rasterize_paths([], 10, 10, 3)
+
+
+def test_gimp_svg_export_is_parsed(tmp_path):
+    svg = tmp_path / "paths.svg"
+    svg.write_text("""<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 20010904//EN" "http://www.w3.org/TR/2001/REC-SVG-20010904/DTD/svg10.dtd">
+<svg xmlns="http://www.w3.org/2000/svg" width="1.6in" height="1.2in" viewBox="0 0 160 120">
+  <path id="sky #4080ff" fill="none" stroke="black" stroke-width="1"
+        d="M 10.00,10.00
+           C 10.00,10.00 50.00,10.00 50.00,10.00
+           C 50.00,10.00 50.00,40.00 50.00,40.00 Z" />
+  <path id="tree" fill="none" stroke="black" stroke-width="1" d="M 100,100 l 10,0 h 5 v -5" />
+</svg>""")
+    paths, size = read_svg_paths(str(svg))
+    assert size == (160.0, 120.0)
+    assert [p.name for p in paths] == ["sky #4080ff", "tree"]
+    pts = paths[0].polylines[0]
+    assert paths[0].closed == [True]
+    assert np.allclose(pts[0], [10, 10]) and np.allclose(pts[-1], [50, 40])
+    assert np.allclose(paths[1].polylines[0], [[100, 100], [110, 100], [115, 100], [115, 95]])
+    assert paths[1].fallback_color is None                         # GIMP's default black is no color
+
+
+def test_path_data_curves_and_relative_commands():
+    (pts, closed), = parse_path_data("m 0,0 c 0,10 10,10 10,0 s 10,-10 10,0", curve_steps=4)
+    assert not closed and np.allclose(pts[-1], [20, 0]) and len(pts) == 9
+    assert pts[2][1] == pytest.approx(7.5)                         # the cubic's midpoint
+
+
+def test_scribbles_merge_antialiased_edges_and_need_alpha():
+    raster = np.zeros((40, 40, 4), np.uint8)
+    raster[5:15, 5:15] = (255, 0, 0, 255)
+    raster[25:35, 25:35] = (0, 0, 255, 255)
+    raster[15, 5:9] = (250, 10, 5, 200)                            # soft edge of the red stroke
+    raster[0, 0] = (0, 255, 0, 40)                                 # nearly transparent: no stroke
+    strokes = labels_from_scribbles(raster)
+    assert strokes.num_classes == 2
+    assert (strokes.labels[15, 5:9] == strokes.labels[10, 10]).all()
+    assert strokes.labels[0, 0] == -1
+    with pytest.raises(SemanticError, match="alpha"):
+        labels_from_scribbles(raster[..., :3])
+    with pytest.raises(SemanticError, match="no strokes"):
+        labels_from_scribbles(np.zeros((5, 5, 4), np.uint8))
+
+
+# --- SLIC and smoothing ----------------------------------------------------------------------------
+
+
+def test_slic_follows_edges_and_covers_the_image():
+    img = np.zeros((60, 90, 3), np.float32)
+    img[:, 43:] = (80, 40, -30)   # a vertical Lab edge at x = 43, off the 10-pixel grid
+    result = slic(img, 54)
+    assert result.labels.shape == (60, 90)
+    assert set(np.unique(result.labels)) == set(range(result.count))
+    assert 30 <= result.count <= 80
+    left = np.unique(result.labels[:, :43])
+    right = np.unique(result.labels[:, 43:])
+    assert not set(left) & set(right), "no superpixel straddles the edge"
+
+
+def test_smoothing_solves_eq15():
+    rng = np.random.default_rng(0)
+    lab = np.zeros((30, 40, 3), np.float32)
+    lab[:, 20:, 0] = 60
+    graph = EdgeGraph(lab, sigma=6.0)
+    y = rng.random((30, 40, 2)).astype(np.float32)
+    weights = rng.random((30, 40))
+    cfg = SmoothingConfig(strength=2.0, tolerance=1e-8, max_iterations=2000)
+    x, _ = smooth(graph, y, weights, cfg)
+    # Residual of (W + λL) x = W y, built independently of the solver.
+    lap = np.diag(graph.degree) - graph.affinity.toarray()
+    a = np.diag(weights.ravel()) + 2.0 * lap
+    residual = a @ x.reshape(-1, 2) - weights.reshape(-1, 1) * y.reshape(-1, 2)
+    assert np.abs(residual).max() < 1e-4
+    ones, _ = smooth(graph, np.ones((30, 40, 1), np.float32), weights, cfg)
+    assert np.allclose(ones, 1, atol=1e-5)                         # constants are fixed points
+
+
+def test_eroded_edge_weights():
+    labels = np.zeros((20, 20), int)
+    labels[:, 10:] = 1
+    w = eroded_edge_weights(labels, 3)
+    assert w[:, 7:13].max() == 0 and w[:, :5].min() == 1 and w[:, 15:].min() == 1
+
+
+# --- applications ----------------------------------------------------------------------------------
+
+FAST = DeepPropConfig()
+
+
+def scene(h=48, w=64, seed=0):
+    """Left: dark noisy gray; right: bright striped; strokes well inside each half."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.float32)
+    img[:, : w // 2] = 0.3 + 0.05 * rng.standard_normal((h, w // 2, 1))
+    stripes = 0.75 + 0.1 * np.sign(np.sin(np.arange(w - w // 2) * 1.5))
+    img[:, w // 2:] = stripes[None, :, None] * np.array([1.0, 0.9, 0.7])
+    labels = np.full((h, w), -1, np.int32)
+    labels[8:40, 8:12] = 0
+    labels[8:40, 50:54] = 1
+    return np.clip(img, 0, 1), labels
+
+
+def stroke_set(labels, colors):
+    from core.propagation.strokes import Strokes
+
+    return Strokes(labels, np.array(colors, np.uint8))
+
+
+def test_colorize_keeps_lightness_and_takes_stroke_colors():
+    img, labels = scene()
+    gray = np.repeat(img.mean(2, keepdims=True), 3, axis=2)
+    strokes = stroke_set(labels, [(30, 90, 220), (230, 140, 30)])
+    result, _ = propagate(gray, strokes, PropagationOptions(mode="colorize", model=FAST))
+    lab_in, lab_out = rgb_to_lab(gray), rgb_to_lab(result.output)
+    assert np.abs(lab_in[..., 0] - lab_out[..., 0]).max() < 2.0      # gamut clipping only
+    left, right = lab_out[:, :28], lab_out[:, 36:]
+    assert left[..., 2].mean() < -15 and right[..., 2].mean() > 15  # blue vs orange
+    assert gray.shape == result.output.shape
+
+
+def test_recolor_changes_hue_where_stroked_and_keeps_texture():
+    img, labels = scene()
+    keep = img[labels == 0].mean(0)
+    strokes = stroke_set(labels, [tuple(int(v * 255) for v in keep), (40, 200, 60)])
+    result, _ = propagate(img, strokes, PropagationOptions(mode="recolor", model=FAST))
+    lab_in, lab_out = rgb_to_lab(img), rgb_to_lab(result.output)
+    assert np.abs(lab_out[..., 0] - lab_in[..., 0]).mean() < 2.0
+    right_in, right_out = lab_in[:, 36:], lab_out[:, 36:]
+    assert right_out[..., 1].mean() < right_in[..., 1].mean() - 15  # toward green (a < 0)
+    assert np.abs(lab_out[:, :28] - lab_in[:, :28]).mean() < 3.0     # a stroke in its own color keeps it
+
+
+def test_select_and_masks_respect_strokes():
+    img, labels = scene()
+    strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])        # left bg (blue), right fg (red)
+    result, state = propagate(img, strokes, PropagationOptions(mode="select", model=FAST))
+    mask = result.output
+    assert mask.shape == labels.shape and 0 <= mask.min() and mask.max() <= 1
+    assert (mask[labels == 1] > 0.5).all() and (mask[labels == 0] < 0.5).all()
+    assert (mask[:, 36:] > 0.5).mean() > 0.95 and (mask[:, :28] < 0.5).mean() > 0.95
+    masks, _ = propagate(img, strokes, PropagationOptions(mode="masks", model=FAST), state)
+    assert masks.output.shape == (48, 64, 2)
+    assert np.allclose(masks.output.sum(2), 1, atol=1e-3)
+    assert masks.log is None                                       # same strokes: network reused as is
+
+
+def test_select_needs_fg_and_bg_colors():
+    img, labels = scene()
+    with pytest.raises(SemanticError, match="other colors"):
+        propagate(img, stroke_set(labels, [(0, 255, 0), (255, 0, 0)]), PropagationOptions(mode="select"))
+    one = np.where(labels == 1, 0, -1).astype(np.int32)
+    with pytest.raises(SemanticError, match="one stroke class"):
+        propagate(img, stroke_set(one, [(255, 0, 0)]), PropagationOptions(mode="select"))
+
+
+def test_incremental_update_after_adding_a_stroke_reuses_the_network():
+    img, labels = scene()
+    strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])
+    first, state = propagate(img, strokes, PropagationOptions(mode="masks", model=FAST))
+    model = state.model
+    vfe_before = model.vfe.conv2.weight.detach().clone()
+    le_before = model.le.weight.detach().clone()
+    more = labels.copy()
+    more[42:46, 20:44] = 2
+    second, state2 = propagate(img, stroke_set(more, [(0, 0, 255), (255, 0, 0), (0, 255, 0)]),
+                               PropagationOptions(mode="masks", model=FAST), state)
+    assert state2 is state and state2.model is model and second.incremental
+    assert not second.log.pretrain_errors                          # no pre-training the second time
+    assert model.num_classes == 3
+    # Training continued from the old parameters: they moved, but stay close to where they were.
+    drift = (model.vfe.conv2.weight - vfe_before).norm() / vfe_before.norm()
+    assert 0 < drift < 0.5
+    assert torch.nn.functional.cosine_similarity(model.le.weight[:2].flatten(), le_before.flatten(), 0) > 0.5
+    assert first.timings["learn"] > 0
+
+
+# --- the action ------------------------------------------------------------------------------------
+
+
+def test_action_caches_state_per_image_and_rasterizes_paths():
+    img, labels = scene()
+    image = (img * 255).astype(np.uint8)
+    alpha = np.full(image.shape[:2] + (1,), 200, np.uint8)
+    rgba = np.concatenate([image, alpha], axis=2)
+    ctx = JobContext(torch.device("cpu"), ModelCache())
+    paths = [{"name": "left blue", "color": None, "strokes": [[10, 8, 10, 40]]},
+             {"name": "right", "color": "#ff8000", "strokes": [[52, 8, 52, 40]]}]
+    params = {"mode": "colorize", "paths": paths, "brush_width": 4, "image_key": "img-1"}
+    out = run_action({"image": rgba}, params, ctx)
+    assert out["image"].shape == rgba.shape and out["image"].dtype == np.uint8
+    assert (out["image"][..., 3] == 200).all()
+    assert [tuple(c) for c in out["class_colors"].reshape(-1, 3)] == [(0, 0, 255), (255, 128, 0)]
+    slot = ctx.models.peek(CACHE_PREFIX + "img-1")
+    model = slot.state.model
+    paths[1]["strokes"] = [[50, 8, 54, 40]]                        # edit one path
+    out2 = run_action({"image": rgba}, dict(params, mode="masks"), ctx)
+    assert slot.state.model is model and out2["masks"].shape == (48, 64, 2)
+    with pytest.raises(SemanticError, match="No strokes were sent"):
+        run_action({"image": rgba}, {"mode": "masks"}, ctx)
