@@ -43,6 +43,7 @@ from core.models.sa_adjustnet import (
 )
 from core.weights import register_weights, save_tensors
 
+BASELINE_LR = 1e-3  # the global colour mapping's Adam rate, on the same cosine schedule
 PARSE_CLASSES = {"pop-out": 3, "watercolor": 3, "xpro": 34}  # label 0 = ignore in both
 # Photos are rendered at this size for the cache (the effects scale with the image; the cache is 160²);
 # Watercolor's NumPy SLIC is the slow part of the cache, so it renders smaller.
@@ -198,12 +199,13 @@ def evaluate(model: SAAdjustNet, baseline: GlobalColorMapping, data: dict[str, n
 
 def export(checkpoint: Path, directory: Path, style: str) -> Path:
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    best = ckpt.get("best") or {"model": ckpt["model"], "baseline": ckpt["baseline"], "metrics": {}}
+    best = ckpt.get("best") or {"model": ckpt["model"], "metrics": {}}
     config = ckpt["config"]
     path = directory / f"{weight_id(style)}.safetensors"
     metadata = {"config": json.dumps(config), "style": style, "step": str(best.get("step", ckpt["step"])),
                 "metrics": json.dumps(best.get("metrics", {}))}
-    save_tensors(path, export_tensors(best["model"], best["baseline"]), metadata=metadata)
+    # SA-AdjustNet from its best held-out checkpoint; the baseline as last trained (its rate has decayed)
+    save_tensors(path, export_tensors(best["model"], ckpt["baseline"]), metadata=metadata)
     register_weights(path, weight_id(style), model="sa_adjustnet", config={"style": style, **config},
                      card=f"{weight_id(style)}.md", directory=directory)
     return path
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model, baseline = SAAdjustNet(config), GlobalColorMapping()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    baseline_opt = torch.optim.Adam(baseline.parameters(), lr=1e-3)
+    baseline_opt = torch.optim.Adam(baseline.parameters(), lr=BASELINE_LR)
     step, elapsed, best = 0, 0.0, None
     rng = np.random.default_rng(args.seed)
     if args.resume and checkpoint.exists():
@@ -281,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         lr = config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
         for group in optimizer.param_groups:
             group["lr"] = lr
+        for group in baseline_opt.param_groups:
+            group["lr"] = BASELINE_LR * lr / config.learning_rate
         indices = rng.integers(0, len(train["inputs"]), args.batch)
         lab_small, grid, lab_pixels, change, labels = make_batch(train, indices, rng, config.sample_pixels)
         out = model(lab_small, grid, lab_pixels, update_frequency=True)
