@@ -109,6 +109,9 @@ def train(args: argparse.Namespace) -> None:
             optimizer = _stage2_optimizer(model, args)
             stage2_done = True
         optimizer.load_state_dict(state["optimizer"])
+        lr = args.lr * (args.stage2_lr_scale if step >= args.steps else 1.0)
+        for group in optimizer.param_groups:  # a resumed run may change the learning rate
+            group["lr"] = lr
         rng = np.random.default_rng(args.seed + step)
         print(f"resumed at step {step} (best val fMSE {best:.1f})", flush=True)
     (out / "config.json").write_text(json.dumps({"model": config.to_dict(), "args": _jsonable(vars(args))},
