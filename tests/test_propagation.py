@@ -242,15 +242,15 @@ def test_incremental_update_after_adding_a_stroke_reuses_the_network():
     img, labels = scene()
     strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])
     first, state = propagate(img, strokes, PropagationOptions(mode="masks", model=FAST))
-    model = state.model
-    vfe_before = model.vfe.conv2.weight.detach().clone()
-    le_before = model.le.weight.detach().clone()
+    vfe_before = state.model.vfe.conv2.weight.detach().clone()
+    le_before = state.model.le.weight.detach().clone()
     more = labels.copy()
     more[42:46, 20:44] = 2
     second, state2 = propagate(img, stroke_set(more, [(0, 0, 255), (255, 0, 0), (0, 255, 0)]),
                                PropagationOptions(mode="masks", model=FAST), state)
-    assert state2 is state and state2.model is model and second.incremental
+    assert state2 is state and second.incremental
     assert not second.log.pretrain_errors                          # no pre-training the second time
+    model = state.model
     assert model.num_classes == 3
     # Training continued from the old parameters: they moved, but stay close to where they were.
     drift = (model.vfe.conv2.weight - vfe_before).norm() / vfe_before.norm()
@@ -276,9 +276,34 @@ def test_action_caches_state_per_image_and_rasterizes_paths():
     assert (out["image"][..., 3] == 200).all()
     assert [tuple(c) for c in out["class_colors"].reshape(-1, 3)] == [(0, 0, 255), (255, 128, 0)]
     slot = ctx.models.peek(CACHE_PREFIX + "img-1")
-    model = slot.state.model
+    state = slot.state
     paths[1]["strokes"] = [[50, 8, 54, 40]]                        # edit one path
     out2 = run_action({"image": rgba}, dict(params, mode="masks"), ctx)
-    assert slot.state.model is model and out2["masks"].shape == (48, 64, 2)
+    assert slot.state is state and out2["masks"].shape == (48, 64, 2)
+    assert state.class_keys == ["#0000ff", "#ff8000"]
     with pytest.raises(SemanticError, match="No strokes were sent"):
         run_action({"image": rgba}, {"mode": "masks"}, ctx)
+
+
+def test_cancelled_update_keeps_the_previous_network():
+    img, labels = scene()
+    image = (img * 255).astype(np.uint8)
+    ctx = JobContext(torch.device("cpu"), ModelCache())
+    two = [{"name": "a blue", "strokes": [[10, 8, 10, 40]]}, {"name": "b red", "strokes": [[52, 8, 52, 40]]}]
+    run_action({"image": image}, {"mode": "masks", "paths": two, "image_key": "k"}, ctx)
+    state = ctx.models.peek(CACHE_PREFIX + "k").state
+
+    def cancel_when_training(fraction, text):
+        if text.startswith("Training"):
+            ctx.cancel_event.set()
+
+    ctx.progress = cancel_when_training
+    three = [*two, {"name": "c lime", "strokes": [[30, 44, 40, 44]]}]
+    with pytest.raises(SemanticError) as err:
+        run_action({"image": image}, {"mode": "masks", "paths": three, "image_key": "k"}, ctx)
+    assert err.value.code.value == "cancelled"
+    assert state.class_keys == ["#0000ff", "#ff0000"] and state.model.num_classes == 2
+    ctx.cancel_event.clear()
+    ctx.progress = lambda fraction, text: None
+    out = run_action({"image": image}, {"mode": "masks", "paths": three, "image_key": "k"}, ctx)
+    assert out["masks"].shape[2] == 3 and state.model.num_classes == 3

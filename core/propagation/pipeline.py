@@ -8,6 +8,7 @@ after editing one path reuses everything that did not change (Sec. 4.1).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable
@@ -119,7 +120,8 @@ def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, st
     else:
         model = None
         if incremental:
-            model = state.model
+            # A copy, so a cancelled or failed run leaves the kept network and its class keys intact.
+            model = copy.deepcopy(state.model)
             model.resize_classes([state.class_keys.index(k) if k in state.class_keys else None for k in keys])
         model, log = learn(model, state.source, strokes.labels, cfg, seed=options.seed,
                            progress=lambda f, t: report(0.05 + 0.65 * f, t))
