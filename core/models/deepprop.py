@@ -35,12 +35,12 @@ class DeepPropConfig:
     feature_dim: int = 256         # f_v, f_s and the fused f are all 256-d
     # Learning (Algorithm 1)
     learning_rate: float = 1e-3    # Adam (Kingma & Ba) with its default betas
-    batch_size: int = 128          # mini-batch size
+    batch_size: int = 32           # mini-batch size (Adam)
     epsilon: float = 0.01          # stop when the epoch's error < ε|Ω'|
     gamma: float = 0.01            # ... or when it rises by more than γ|Ω'|
     sample_ratio: float = 0.10     # Ω' = a random 10% of the stroke pixels
     running_error: bool = True     # E summed during the epoch (True) or from a pass after it (False)
-    min_epoch_samples: int = 1024  # small Ω' is repeated within an epoch up to this many samples
+    min_epoch_samples: int = 512   # small Ω' is repeated within an epoch up to this many samples
     max_epochs: int = 30           # safety cap per stage; the ε/γ tests normally stop far earlier
 
     @property
