@@ -1,0 +1,1 @@
+"""Semantic-driven colorization (Ho et al.): palette, user maps, full-resolution pipeline."""

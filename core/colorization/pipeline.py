@@ -1,0 +1,183 @@
+"""Full-resolution semantic-driven colorization: segment, colorize at model resolution, keep the input's L.
+
+The networks see the photo at their training scale (about ``input_size``² pixels); chroma is predicted
+there, upsampled smoothly (bicubic) to the full size and joined with the full-resolution L computed in
+float CIELab (core.imaging.color), so a 24 MP scan keeps every detail of its luminance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from core.colorization.palette import class_colors
+from core.imaging.color import lab_to_rgb, rgb_to_lab
+from core.imaging.io import from_float, split_alpha, to_float
+from core.models.colorization_unet import AB_SCALE, L_SCALE, ColorizationUNet, ColorizerConfig
+from core.models.gridnet import GridNet, GridNetConfig
+from core.protocol import bad_input
+from core.weights import Manifest
+
+GRIDNET_WEIGHTS = "gridnet-siftflow"
+COLORIZER_WEIGHTS = "colorizer-siftflow"
+ROWS_PER_CHUNK = 512  # Lab conversions of large images in strips, to bound memory
+MAX_MAP_SIDE = 1024  # predicted class scores are interpolated up to this side before the argmax
+
+
+@dataclass
+class Segmenter:
+    model: GridNet
+    classes: tuple[str, ...]
+    input_size: int
+    device: torch.device
+
+
+@dataclass
+class Colorizer:
+    model: ColorizationUNet
+    classes: tuple[str, ...]
+    input_size: int
+    device: torch.device
+
+
+def load_segmenter(device: torch.device, weight_id: str = GRIDNET_WEIGHTS,
+                   manifest: Manifest | None = None) -> Segmenter:
+    manifest = manifest or Manifest.load()
+    entry = manifest.entry(weight_id)
+    config = dict(entry.config)
+    classes, size = tuple(config.pop("classes")), int(config.pop("input_size"))
+    model = GridNet(GridNetConfig.from_dict(config))
+    model.load_state_dict(manifest.load_state_dict(weight_id), strict=True)
+    return Segmenter(model.to(device).eval(), classes, size, device)
+
+
+def load_colorizer(device: torch.device, weight_id: str = COLORIZER_WEIGHTS,
+                   manifest: Manifest | None = None) -> Colorizer:
+    manifest = manifest or Manifest.load()
+    entry = manifest.entry(weight_id)
+    config = dict(entry.config)
+    classes, size = tuple(config.pop("classes")), int(config.pop("input_size"))
+    model = ColorizationUNet(ColorizerConfig.from_dict(config))
+    model.load_state_dict(manifest.load_state_dict(weight_id), strict=True)
+    return Colorizer(model.to(device).eval(), classes, size, device)
+
+
+def model_shape(height: int, width: int, side: int, multiple: int = 16) -> tuple[int, int]:
+    """The network's input size: area about side², the photo's aspect ratio, sides multiples of 16."""
+    scale = side / np.sqrt(height * width)
+    h = max(multiple, int(round(height * scale / multiple)) * multiple)
+    w = max(multiple, int(round(width * scale / multiple)) * multiple)
+    return h, w
+
+
+def image_lightness(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any H×W×C image → (H×W float32 CIELab L in [0, 100], alpha or None); color is ignored."""
+    color, alpha = split_alpha(image)
+    lightness = np.empty(color.shape[:2], np.float32)
+    for y in range(0, color.shape[0], ROWS_PER_CHUNK):
+        strip = to_float(color[y:y + ROWS_PER_CHUNK])
+        lightness[y:y + ROWS_PER_CHUNK] = rgb_to_lab(strip)[..., 0]
+    return lightness, alpha
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int], interpolation: int) -> np.ndarray:
+    h, w = shape
+    if array.shape[:2] == (h, w):
+        return array
+    return cv2.resize(array, (w, h), interpolation=interpolation)
+
+
+def _gray_tensor(lightness_small: np.ndarray, device: torch.device, channels: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(lightness_small)) / L_SCALE - 1
+    return t[None, None].expand(1, channels, -1, -1).contiguous().to(device)
+
+
+@torch.no_grad()
+def segment(lightness: np.ndarray, segmenter: Segmenter) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution L → (class ids at full size H×W uint8, class ids at model size)."""
+    shape = model_shape(*lightness.shape, segmenter.input_size)
+    small = _resize(lightness, shape, cv2.INTER_AREA)
+    logits = segmenter.model(_gray_tensor(small, segmenter.device, 1))[0].float().cpu()
+    logits[0] = -float("inf")  # 'unlabeled' is not a prediction
+    ids_small = logits.argmax(0).numpy().astype(np.uint8)
+    h, w = lightness.shape
+    scale = min(1.0, MAX_MAP_SIDE / max(h, w))
+    mid = (max(1, round(h * scale)), max(1, round(w * scale)))
+    # class scores interpolate smoothly; the argmax at a finer grid gives boundaries that are not blocky
+    fine = torch.nn.functional.interpolate(logits[None], size=mid, mode="bilinear", align_corners=False)
+    ids_mid = fine[0].argmax(0).numpy().astype(np.uint8)
+    return _resize(ids_mid, (h, w), cv2.INTER_NEAREST), ids_small
+
+
+def downsample_ids(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Class ids → smaller grid by majority (area coverage), so thin regions do not alias away."""
+    if ids.shape == shape:
+        return ids
+    present = np.unique(ids)
+    best = np.full(shape, -1.0, np.float32)
+    out = np.zeros(shape, np.uint8)
+    for c in present:
+        coverage = _resize((ids == c).astype(np.float32), shape, cv2.INTER_AREA)
+        better = coverage > best
+        best[better], out[better] = coverage[better], c
+    return out
+
+
+@torch.no_grad()
+def predict_ab(lightness: np.ndarray, ids: np.ndarray | None, colorizer: Colorizer) -> np.ndarray:
+    """Full-resolution L and full-resolution class ids (or None: no map) → ab at model size h×w×2."""
+    shape = model_shape(*lightness.shape, colorizer.input_size)
+    small = _resize(lightness, shape, cv2.INTER_AREA)
+    gray = _gray_tensor(small, colorizer.device, colorizer.model.config.in_channels)
+    if ids is None:
+        semantic = torch.zeros_like(gray)
+    else:
+        palette = torch.from_numpy(class_colors(len(colorizer.classes)).astype(np.float32) / 255)
+        ids_small = torch.from_numpy(downsample_ids(ids, shape).astype(np.int64))
+        if int(ids_small.max()) >= len(colorizer.classes):
+            raise bad_input(f"The semantic map uses class id {int(ids_small.max())}, but the colorizer knows "
+                            f"only {len(colorizer.classes)} classes.")
+        semantic = palette[ids_small].permute(2, 0, 1)[None].to(colorizer.device)
+    ab = colorizer.model(gray, semantic)[0].float().cpu().permute(1, 2, 0).numpy()
+    return ab * AB_SCALE
+
+
+def combine(lightness: np.ndarray, ab_small: np.ndarray) -> np.ndarray:
+    """Full-resolution L + model-size ab → full-resolution float32 Lab (L kept bit-exact)."""
+    h, w = lightness.shape
+    ab = _resize(np.ascontiguousarray(ab_small, dtype=np.float32), (h, w), cv2.INTER_CUBIC)
+    lab = np.empty((h, w, 3), np.float32)
+    lab[..., 0] = lightness
+    lab[..., 1:] = ab
+    return lab
+
+
+def lab_to_image(lab: np.ndarray, dtype: np.dtype, alpha: np.ndarray | None) -> np.ndarray:
+    """Float Lab → RGB(A) of the input's pixel type, in strips."""
+    h, w = lab.shape[:2]
+    out = np.empty((h, w, 3 if alpha is None else 4), dtype)
+    for y in range(0, h, ROWS_PER_CHUNK):
+        out[y:y + ROWS_PER_CHUNK, :, :3] = from_float(lab_to_rgb(lab[y:y + ROWS_PER_CHUNK]), dtype)
+    if alpha is not None:
+        out[..., 3:] = alpha.astype(dtype) if alpha.dtype == dtype else from_float(to_float(alpha), dtype)
+    return out
+
+
+def colorize(image: np.ndarray, colorizer: Colorizer, ids: np.ndarray | None,
+             lightness: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """H×W×C image (gray or RGB, any size/type) → (colorized image of the same size, type and alpha, Lab).
+
+    ``lightness`` is image_lightness(image)[0] when the caller has it already.
+    """
+    alpha = split_alpha(image)[1]
+    if lightness is None:
+        lightness = image_lightness(image)[0]
+    if ids is not None and ids.shape != lightness.shape:
+        raise bad_input(f"The semantic map is {ids.shape[1]}×{ids.shape[0]} but the image is "
+                        f"{lightness.shape[1]}×{lightness.shape[0]}; they must be the same size.")
+    lab = combine(lightness, predict_ab(lightness, ids, colorizer))
+    dtype = image.dtype if image.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+    return lab_to_image(lab, dtype, alpha), lab

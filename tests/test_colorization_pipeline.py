@@ -1,0 +1,143 @@
+"""Full-resolution colorization: L kept exactly, smooth chroma upsampling, maps read from ids or palette
+colors, clear errors, and (with the shipped weights) map edits changing colors where edited."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.actions.base import JobContext, ModelCache
+from core.actions.colorize import colorize as colorize_action
+from core.colorization import pipeline
+from core.colorization.palette import class_colors, gimp_palette, read_map, render
+from core.imaging.color import rgb_to_lab
+from core.models.colorization_unet import ColorizationUNet, ColorizerConfig
+from core.protocol import SemanticError
+from core.weights import Manifest
+
+CLASSES = ("unlabeled", "sky", "tree", "sea", "road")
+
+
+def tiny_colorizer(seed=0) -> pipeline.Colorizer:
+    torch.manual_seed(seed)
+    model = ColorizationUNet(ColorizerConfig(width=0.125)).eval()
+    return pipeline.Colorizer(model, CLASSES, 32, torch.device("cpu"))
+
+
+def smooth_gray(h, w, dtype=np.uint16, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    value = 0.45 + 0.2 * np.sin(x / 23.0) * np.cos(y / 17.0) + 0.05 * rng.random((h, w))
+    if dtype == np.uint16:
+        return np.repeat((value * 65535).astype(np.uint16)[..., None], 3, axis=2)
+    return np.repeat((value * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_full_resolution_lightness_is_kept_exactly():
+    image = smooth_gray(300, 517)
+    out, lab = pipeline.colorize(image, tiny_colorizer(), None)
+    lightness, _ = pipeline.image_lightness(image)
+    assert out.shape == image.shape and out.dtype == np.uint16
+    assert np.array_equal(lab[..., 0], lightness)  # bit-exact in the float Lab we convert from
+    back = rgb_to_lab(out.astype(np.float32) / 65535)[..., 0]
+    err = np.abs(back - lightness)
+    assert np.median(err) < 0.01 and np.quantile(err, 0.95) < 0.05  # only 16-bit rounding (and gamut) left
+
+
+def test_chroma_is_upsampled_smoothly_not_nearest():
+    image = smooth_gray(240, 400, np.uint8)
+    colorizer = tiny_colorizer()
+    lightness, _ = pipeline.image_lightness(image)
+    small = pipeline.predict_ab(lightness, None, colorizer)
+    lab = pipeline.combine(lightness, small)
+    assert small.shape[0] * small.shape[1] < 0.05 * lightness.size
+    row = lab[120, :, 1]
+    assert len(np.unique(row)) > 3 * small.shape[1]  # nearest would repeat each model pixel's value
+    assert np.abs(np.diff(row)).max() < np.abs(np.diff(small[small.shape[0] // 2, :, 0])).max() + 1e-3
+
+
+def test_alpha_and_type_are_kept():
+    image = np.concatenate([smooth_gray(64, 80, np.uint8), np.full((64, 80, 1), 7, np.uint8)], axis=2)
+    image[:10, :, 3] = 255
+    out, _ = pipeline.colorize(image, tiny_colorizer(), None)
+    assert out.dtype == np.uint8 and out.shape == (64, 80, 4)
+    assert np.array_equal(out[..., 3], image[..., 3])
+
+
+def test_model_shape_keeps_aspect_and_multiple_of_16():
+    assert pipeline.model_shape(256, 256, 128) == (128, 128)
+    h, w = pipeline.model_shape(4000, 6000, 128)
+    assert h % 16 == 0 and w % 16 == 0 and abs(w / h - 1.5) < 0.2
+    assert pipeline.model_shape(3, 5000, 128)[0] == 16
+
+
+def test_map_round_trip_ids_and_colors():
+    ids = np.random.default_rng(0).integers(0, len(CLASSES), (20, 30)).astype(np.uint8)
+    assert np.array_equal(read_map(ids, CLASSES), ids)
+    assert np.array_equal(read_map(render(ids, len(CLASSES)), CLASSES), ids)
+    rgba = np.concatenate([render(ids, len(CLASSES)), np.full((20, 30, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(read_map(rgba, CLASSES), ids)
+    assert len({tuple(c) for c in class_colors(256)}) == 256 and tuple(class_colors(5)[0]) == (0, 0, 0)
+
+
+def test_unknown_map_colors_are_named_with_their_place_or_snapped():
+    ids = np.full((40, 50), 1, np.uint8)
+    colored = render(ids, len(CLASSES))
+    colored[30:33, 10:12] = class_colors(len(CLASSES))[2] + np.array([3, 2, 1], np.uint8)  # almost 'tree'
+    with pytest.raises(SemanticError, match=r"x 10–11, y 30–32"):
+        read_map(colored, CLASSES)
+    snapped = read_map(colored, CLASSES, snap=True)
+    assert (snapped[30:33, 10:12] == 2).all() and (snapped[:30] == 1).all()
+    with pytest.raises(SemanticError, match="class ids up to 9"):
+        read_map(np.full((4, 4), 9, np.uint8), CLASSES)
+
+
+def test_gimp_palette_lists_every_class():
+    text = gimp_palette(CLASSES)
+    assert text.startswith("GIMP Palette\nName: Semantic classes")
+    assert text.count("\n") == 4 + len(CLASSES) and "\t3 sea" in text
+
+
+def test_action_rejects_a_map_of_the_wrong_size():
+    ctx = JobContext(torch.device("cpu"), ModelCache())
+    ctx.models.put(f"{pipeline.COLORIZER_WEIGHTS}@cpu", tiny_colorizer())
+    with pytest.raises(SemanticError, match="same size"):
+        colorize_action({"image": smooth_gray(32, 32, np.uint8), "map": np.zeros((16, 16, 1), np.uint8)}, {}, ctx)
+    out = colorize_action({"image": smooth_gray(32, 48, np.uint8), "map": np.ones((32, 48, 1), np.uint8)}, {}, ctx)
+    assert out["image"].shape == (32, 48, 3) and out["map_rgb"].shape == (32, 48, 3)
+
+
+def _shipped(weight_id):
+    manifest = Manifest.load()
+    if weight_id not in manifest.entries or manifest.status(weight_id).value != "ok":
+        pytest.skip(f"weights '{weight_id}' are not in weights/ (train and export them first)")
+    return manifest
+
+
+def test_editing_the_map_changes_colors_where_edited():
+    manifest = _shipped(pipeline.COLORIZER_WEIGHTS)
+    colorizer = pipeline.load_colorizer(torch.device("cpu"), manifest=manifest)
+    names = colorizer.classes
+    image = smooth_gray(192, 256, np.uint8, seed=1)
+    before = np.full((192, 256), names.index("sky"), np.uint8)
+    before[96:] = names.index("sea")
+    after = before.copy()
+    after[112:192, 0:96] = names.index("tree")  # repaint the lower-left part
+    lab_a = pipeline.colorize(image, colorizer, before)[1]
+    lab_b = pipeline.colorize(image, colorizer, after)[1]
+    delta = np.linalg.norm(lab_b[..., 1:] - lab_a[..., 1:], axis=2)
+    inside = delta[128:192, 0:80].mean()
+    far = delta[0:64, 160:256].mean()
+    assert inside > 3.0, f"repainting sea as tree moved ab by only {inside:.2f}"
+    assert far < 0.35 * inside, f"far from the edit ab moved {far:.2f} (inside {inside:.2f})"
+    assert np.array_equal(lab_a[..., 0], lab_b[..., 0])
+
+
+def test_shipped_segmenter_gives_valid_ids():
+    manifest = _shipped(pipeline.GRIDNET_WEIGHTS)
+    segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=manifest)
+    lightness, _ = pipeline.image_lightness(smooth_gray(150, 210, np.uint8))
+    ids, small = pipeline.segment(lightness, segmenter)
+    assert ids.shape == (150, 210) and ids.dtype == np.uint8
+    assert 0 < ids.min() and ids.max() < len(segmenter.classes)  # 'unlabeled' is never predicted
