@@ -35,15 +35,15 @@ def _linear_rgb(lab: torch.Tensor) -> torch.Tensor:
     return xyz @ _XYZ_TO_SRGB.T.to(lab)
 
 
-def lab_to_rgb_keep_lightness(lab: np.ndarray, steps: int = 12) -> np.ndarray:
+def lab_to_rgb_keep_lightness(lab: np.ndarray, steps: int = 8) -> np.ndarray:
     """Lab → sRGB, pulling out-of-gamut colors toward gray (bisection on the chroma scale) instead of
     clipping the channels, so the result keeps the image's L as the applications promise."""
-    flat = torch.from_numpy(lab.reshape(-1, 3).astype(np.float64))
+    flat = torch.from_numpy(lab.reshape(-1, 3).astype(np.float32))
     rgb = _linear_rgb(flat)
     outside = ((rgb < -1e-6) | (rgb > 1 + 1e-6)).any(1)
     if outside.any():
         sub = flat[outside]
-        lo = torch.zeros(len(sub), dtype=sub.dtype)
+        lo = torch.zeros(len(sub), dtype=sub.dtype)  # 2^-8 of the chroma is below one 8-bit step
         hi = torch.ones(len(sub), dtype=sub.dtype)
         for _ in range(steps):
             mid = (lo + hi) / 2
@@ -53,16 +53,17 @@ def lab_to_rgb_keep_lightness(lab: np.ndarray, steps: int = 12) -> np.ndarray:
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
         flat[outside] = torch.cat([sub[:, :1], sub[:, 1:] * lo[:, None]], 1)
-    return lab_to_rgb(flat.numpy().astype(np.float32).reshape(lab.shape))
+    return lab_to_rgb(flat.numpy().reshape(lab.shape))
 
 
 def stroke_lab(colors: np.ndarray) -> np.ndarray:
     return rgb_to_lab(colors.reshape(1, -1, 3).astype(np.float32) / 255.0).reshape(-1, 3)
 
 
-def colorize(rgb: np.ndarray, probs: np.ndarray, colors: np.ndarray, smooth: Smooth) -> np.ndarray:
+def colorize(rgb: np.ndarray, probs: np.ndarray, colors: np.ndarray, smooth: Smooth,
+             lab: np.ndarray | None = None) -> np.ndarray:
     """ab = Σ_k P_k ab_k of the strokes' colors, L kept from the image → H×W×3 float RGB."""
-    lab = rgb_to_lab(rgb)
+    lab = rgb_to_lab(rgb) if lab is None else lab
     ab = _smooth_linear(probs, stroke_lab(colors)[:, 1:], smooth)
     return lab_to_rgb_keep_lightness(np.concatenate([lab[..., :1], ab], axis=2))
 
@@ -92,8 +93,8 @@ def recolor_transforms(lab: np.ndarray, labels: np.ndarray, colors: np.ndarray,
 
 
 def recolor(rgb: np.ndarray, probs: np.ndarray, labels: np.ndarray, colors: np.ndarray,
-            smooth: Smooth) -> np.ndarray:
-    lab = rgb_to_lab(rgb)
+            smooth: Smooth, lab: np.ndarray | None = None) -> np.ndarray:
+    lab = rgb_to_lab(rgb) if lab is None else lab
     field = _smooth_linear(probs, recolor_transforms(lab, labels, colors), smooth)   # H×W×6
     a, b = lab[..., 1], lab[..., 2]
     new_a = field[..., 0] * a + field[..., 1] * b + field[..., 4]

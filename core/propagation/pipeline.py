@@ -161,9 +161,9 @@ def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, st
             return values
 
     if options.mode == "colorize":
-        output = apps.colorize(rgb, probs, strokes.colors, smoother)
+        output = apps.colorize(rgb, probs, strokes.colors, smoother, state.lab)
     elif options.mode == "recolor":
-        output = apps.recolor(rgb, probs, strokes.labels, strokes.colors, smoother)
+        output = apps.recolor(rgb, probs, strokes.labels, strokes.colors, smoother, state.lab)
     elif options.mode == "select":
         output = apps.select(probs, is_fg, smoother)
     else:

@@ -43,7 +43,7 @@ class EdgeGraph:
         idx = np.arange(n, dtype=np.int64).reshape(h, w)
         rows = np.concatenate([idx[:, :-1].ravel(), idx[:-1].ravel()])
         cols = np.concatenate([idx[:, 1:].ravel(), idx[1:].ravel()])
-        vals = np.concatenate([wh.ravel(), wv.ravel()]).astype(np.float64)
+        vals = np.concatenate([wh.ravel(), wv.ravel()])  # float32: halves the memory traffic of CG
         upper = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
         self.affinity = (upper + upper.T).tocsr()
         self.degree = np.asarray(self.affinity.sum(axis=1)).ravel()
@@ -73,18 +73,18 @@ def smooth(graph: EdgeGraph, values: np.ndarray, data_weights: np.ndarray, cfg: 
            ) -> tuple[np.ndarray, int]:
     """Solve (W + λL) x = W y for each channel of ``values`` (H×W×C) → (x as float32 H×W×C, CG iterations)."""
     h, w = graph.shape
-    y = values.reshape(h * w, -1).astype(np.float64)
+    y = values.reshape(h * w, -1).astype(np.float32)
     if cfg.strength <= 0:
         return values.astype(np.float32), 0
     lam = cfg.strength
-    wd = data_weights.reshape(-1)
-    diag = wd + lam * graph.degree
+    wd = data_weights.reshape(-1).astype(np.float32)
+    diag = (wd + lam * graph.degree).astype(np.float32)
     affinity = graph.affinity
 
     def apply(x: np.ndarray) -> np.ndarray:
-        return diag[:, None] * x - lam * (affinity @ x)
+        return diag[:, None] * x - np.float32(lam) * (affinity @ x)
 
-    inv_diag = (1.0 / np.maximum(diag, 1e-12))[:, None]
+    inv_diag = (1.0 / np.maximum(diag, 1e-12))[:, None].astype(np.float32)
     b = wd[:, None] * y
     x = y.copy()  # the estimate itself is a close start: only the eroded bands have to move
     r = b - apply(x)
@@ -96,14 +96,14 @@ def smooth(graph: EdgeGraph, values: np.ndarray, data_weights: np.ndarray, cfg: 
     for iterations in range(1, cfg.max_iterations + 1):  # noqa: B007 (reported below)
         ap = apply(p)
         pap = np.einsum("ij,ij->j", p, ap)
-        alpha = np.where(pap > 0, rz / np.maximum(pap, 1e-300), 0.0)
+        alpha = np.where(pap > 0, rz / np.maximum(pap, 1e-30), 0.0).astype(np.float32)
         x += alpha * p
         r -= alpha * ap
         if (np.linalg.norm(r, axis=0) / b_norm).max() < cfg.tolerance:
             break
         z = inv_diag * r
         rz_new = np.einsum("ij,ij->j", r, z)
-        beta = np.where(rz > 0, rz_new / np.maximum(rz, 1e-300), 0.0)
+        beta = np.where(rz > 0, rz_new / np.maximum(rz, 1e-30), 0.0).astype(np.float32)
         p = z + beta * p
         rz = rz_new
     return x.reshape(h, w, -1).astype(np.float32), iterations

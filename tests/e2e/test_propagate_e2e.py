@@ -148,3 +148,46 @@ save_result({"success": status == Gimp.PDBStatusType.SUCCESS, "message": message
     assert expected in run.result["message"].lower(), run.result
     assert "Traceback" not in run.result["message"]
     assert run.result["unchanged"]
+
+
+def test_scribble_layer_masks_become_channels(daemon):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    script = BUILD_IMAGE + """
+scribbles = Gimp.Layer.new(image, "scribbles", 160, 120, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(scribbles, None, 0)
+paint = bytearray(160 * 120 * 4)
+for y in range(20, 100):
+    for x in list(range(36, 41)) + list(range(126, 131)):
+        i = (y * 160 + x) * 4
+        paint[i:i + 4] = bytes((255, 0, 0, 255)) if x < 80 else bytes((0, 0, 255, 255))
+sbuf = scribbles.get_buffer()
+sbuf.set(Gegl.Rectangle.new(0, 0, 160, 120), "R'G'B'A u8", bytes(paint))
+sbuf.flush()
+n_channels = len(image.get_channels())
+proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-propagate-scribbles")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+cfg.set_property("image", image)
+cfg.set_core_object_array("drawables", [layer])
+cfg.set_property("mode", "masks")
+res = proc.run(cfg)
+status = res.index(0)
+error = res.index(1) if res.length() > 1 else None
+message = error.message if error is not None and hasattr(error, "message") else str(error)
+names = [c.get_name() for c in image.get_channels()]
+for c in image.get_channels():
+    with open(RESULT_PATH + "." + c.get_name().split("#")[-1], "wb") as f:
+        f.write(c.get_buffer().get(Gegl.Rectangle.new(10, 6, 140, 100), 1.0, "Y u8", Gegl.AbyssPolicy.NONE))
+save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message, "names": names,
+             "channels_added": len(image.get_channels()) - n_channels})
+"""
+    run = gimp.run(script, timeout=600)
+    assert run.result, run.output
+    assert run.result["ok"], run.result["message"] + run.output[-2000:]
+    assert run.result["channels_added"] == 2
+    assert sorted(run.result["names"]) == ["propagated #0000ff", "propagated #ff0000"]
+    stem = str(next(gimp.root.glob("result-*.json.ff0000")))[: -len(".ff0000")]
+    red = np.fromfile(stem + ".ff0000", np.uint8).reshape(100, 140)
+    blue = np.fromfile(stem + ".0000ff", np.uint8).reshape(100, 140)
+    assert (red[:, :60] > 127).mean() > 0.95 and (red[:, 80:] < 128).mean() > 0.95
+    assert (blue[:, 80:] > 127).mean() > 0.95
