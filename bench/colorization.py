@@ -65,8 +65,8 @@ def time_pipeline(segmenter, colorizer, shape, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         lightness, _ = pipeline.image_lightness(image)
-        ids, _ = pipeline.segment(lightness, segmenter)
-        pipeline.colorize(image, colorizer, ids, lightness)
+        ids, ids_small = pipeline.segment(lightness, segmenter)
+        pipeline.colorize(image, colorizer, ids, lightness, ids_small)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -111,11 +111,11 @@ def main(argv=None) -> None:
         rgb, labels = load_pair(image_path, label_path)
         lab_ref = rgb_to_lab(rgb.astype(np.float32) / 255)
         lightness, _ = pipeline.image_lightness(rgb)
-        ids, _ = pipeline.segment(lightness, segmenter)
+        ids, ids_small = pipeline.segment(lightness, segmenter)
         matrix += confusion(ids.reshape(-1), labels.reshape(-1), classes)
         outputs = {
             "gray_input": gray_rgb(lightness),
-            "predicted_map": pipeline.colorize(rgb, colorizer, ids, lightness)[0],
+            "predicted_map": pipeline.colorize(rgb, colorizer, ids, lightness, ids_small)[0],
             "ground_truth_map": pipeline.colorize(rgb, colorizer, labels, lightness)[0],
             "no_map": pipeline.colorize(rgb, colorizer, None, lightness)[0],
         }

@@ -29,18 +29,18 @@ def _colorizer(ctx: JobContext) -> pipeline.Colorizer:
                           lambda: pipeline.load_colorizer(ctx.device))
 
 
-def _predict_map(lightness: np.ndarray, ctx: JobContext) -> tuple[np.ndarray, tuple[str, ...]]:
+def _predict_map(lightness: np.ndarray, ctx: JobContext) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     segmenter = _segmenter(ctx)
     ctx.report(0.3, "Segmenting")
-    ids, _ = pipeline.segment(lightness, segmenter)
-    return ids, segmenter.classes
+    ids, ids_small = pipeline.segment(lightness, segmenter)
+    return ids, ids_small, segmenter.classes
 
 
 def segment(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     image = require_image(arrays)
     ctx.report(0.05, "Reading lightness")
     lightness, _ = pipeline.image_lightness(image)
-    ids, classes = _predict_map(lightness, ctx)
+    ids, _, classes = _predict_map(lightness, ctx)
     ctx.report(1.0, "Done")
     return {"map": ids[..., None], "map_rgb": render(ids, len(classes))}
 
@@ -52,7 +52,7 @@ def colorize(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     colorizer = _colorizer(ctx)
     ctx.report(0.05, "Reading lightness")
     lightness, _ = pipeline.image_lightness(image)
-    ids = None
+    ids = ids_small = None
     if "map" in arrays and use_map:
         user_map = arrays["map"]
         if user_map.shape[:2] != image.shape[:2]:
@@ -60,9 +60,9 @@ def colorize(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
                             f"{image.shape[1]}×{image.shape[0]}; they must be the same size.")
         ids = read_map(np.asarray(user_map), colorizer.classes, snap=snap)
     elif use_map:
-        ids, _ = _predict_map(lightness, ctx)
+        ids, ids_small, _ = _predict_map(lightness, ctx)
     ctx.report(0.6, "Colorizing")
-    result, _ = pipeline.colorize(image, colorizer, ids, lightness)
+    result, _ = pipeline.colorize(image, colorizer, ids, lightness, ids_small)
     ctx.report(1.0, "Done")
     out = {"image": result}
     if ids is not None:

@@ -101,14 +101,14 @@ def segment(lightness: np.ndarray, segmenter: Segmenter) -> tuple[np.ndarray, np
     shape = model_shape(*lightness.shape, segmenter.input_size)
     small = _resize(lightness, shape, cv2.INTER_AREA)
     logits = segmenter.model(_gray_tensor(small, segmenter.device, 1))[0].float().cpu()
-    logits[0] = -float("inf")  # 'unlabeled' is not a prediction
-    ids_small = logits.argmax(0).numpy().astype(np.uint8)
+    logits = logits[1:]  # 'unlabeled' is not a prediction: ids are argmax + 1
+    ids_small = (logits.argmax(0) + 1).numpy().astype(np.uint8)
     h, w = lightness.shape
     scale = min(1.0, MAX_MAP_SIDE / max(h, w))
     mid = (max(1, round(h * scale)), max(1, round(w * scale)))
     # class scores interpolate smoothly; the argmax at a finer grid gives boundaries that are not blocky
     fine = torch.nn.functional.interpolate(logits[None], size=mid, mode="bilinear", align_corners=False)
-    ids_mid = fine[0].argmax(0).numpy().astype(np.uint8)
+    ids_mid = (fine[0].argmax(0) + 1).numpy().astype(np.uint8)
     return _resize(ids_mid, (h, w), cv2.INTER_NEAREST), ids_small
 
 
@@ -127,9 +127,15 @@ def downsample_ids(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_ab(lightness: np.ndarray, ids: np.ndarray | None, colorizer: Colorizer) -> np.ndarray:
-    """Full-resolution L and full-resolution class ids (or None: no map) → ab at model size h×w×2."""
+def predict_ab(lightness: np.ndarray, ids: np.ndarray | None, colorizer: Colorizer,
+               ids_small: np.ndarray | None = None) -> np.ndarray:
+    """Full-resolution L and full-resolution class ids (or None: no map) → ab at model size h×w×2.
+
+    ``ids_small``, the segmenter's ids at model size, saves reducing a huge map when the sizes agree.
+    """
     shape = model_shape(*lightness.shape, colorizer.input_size)
+    if ids_small is not None and ids_small.shape == shape:
+        ids = ids_small
     small = _resize(lightness, shape, cv2.INTER_AREA)
     gray = _gray_tensor(small, colorizer.device, colorizer.model.config.in_channels)
     if ids is None:
@@ -167,7 +173,8 @@ def lab_to_image(lab: np.ndarray, dtype: np.dtype, alpha: np.ndarray | None) -> 
 
 
 def colorize(image: np.ndarray, colorizer: Colorizer, ids: np.ndarray | None,
-             lightness: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             lightness: np.ndarray | None = None,
+             ids_small: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """H×W×C image (gray or RGB, any size/type) → (colorized image of the same size, type and alpha, Lab).
 
     ``lightness`` is image_lightness(image)[0] when the caller has it already.
@@ -178,6 +185,6 @@ def colorize(image: np.ndarray, colorizer: Colorizer, ids: np.ndarray | None,
     if ids is not None and ids.shape != lightness.shape:
         raise bad_input(f"The semantic map is {ids.shape[1]}×{ids.shape[0]} but the image is "
                         f"{lightness.shape[1]}×{lightness.shape[0]}; they must be the same size.")
-    lab = combine(lightness, predict_ab(lightness, ids, colorizer))
+    lab = combine(lightness, predict_ab(lightness, ids, colorizer, ids_small if ids is not None else None))
     dtype = image.dtype if image.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
     return lab_to_image(lab, dtype, alpha), lab
