@@ -2,7 +2,7 @@
 segmentation quality against a random-walker baseline on the same strokes. Prints JSON.
 
     python -m bench.propagation [--data ../shared/datasets] [--threads N] [--davis 15] [--bsds 10]
-                                [--max-side 480] [--skip-speed] [--skip-quality]
+                                [--max-side 480] [--sizes 400x314,...] [--skip-speed] [--skip-quality]
 
 Speed (a): real photos resized to 400×314 (10 strokes), 640×480 (5) and 1800×1200 (19); strokes are
 lines through the interiors of distinct BSDS segments (mapped to the resized image), brush ≈ 1% of
@@ -238,10 +238,12 @@ def quality(root: Path, n_davis: int, n_bsds: int, max_side: int) -> dict:
             "per_image": rows}
 
 
-def speed(root: Path) -> dict:
+def speed(root: Path, sizes: set[str] | None = None) -> dict:
     photos = sorted((root / "bsds500/val/images").glob("*.jpg"))
     out = {}
     for i, ((h, w), n) in enumerate(TABLE2):
+        if sizes and f"{w}x{h}" not in sizes:
+            continue
         brush = max(3, round(min(h, w) / 100))
         rng = np.random.default_rng(i)
         # The first photo (from a fixed offset) with enough segments for n + 1 strokes.
@@ -285,6 +287,7 @@ def main() -> None:
     parser.add_argument("--davis", type=int, default=15)
     parser.add_argument("--bsds", type=int, default=10)
     parser.add_argument("--max-side", type=int, default=480)
+    parser.add_argument("--sizes", default="", help="comma-separated subset of 400x314,640x480,1800x1200")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
@@ -294,7 +297,7 @@ def main() -> None:
                           "processor": platform.processor() or platform.machine(),
                           "load_average_at_start": list(os.getloadavg())}}
     if not args.skip_speed:
-        report["speed"] = speed(root)
+        report["speed"] = speed(root, set(filter(None, args.sizes.split(","))))
     if not args.skip_quality:
         if not (root / "davis").exists():
             report["quality"] = {"skipped": f"no datasets under {root}"}
