@@ -184,3 +184,30 @@ def test_tiny_overfit_reduces_the_loss(config):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_global_head_starts_as_identity_and_maps_colours_inside_the_mask():
+    config = replace(TINY, global_head=True)
+    model = DeepHarmonization(config).eval()
+    composite, mask = _batch()
+    assert torch.equal(model(composite, mask)["image"], composite)
+    with torch.no_grad():
+        model.code_head.bias[9:] = torch.tensor([0.1, 0.0, -0.1])  # offset of the affine map
+    out = model(composite, mask)["image"]
+    inside, outside = mask.expand_as(out) == 1, mask.expand_as(out) == 0
+    assert torch.equal(out[outside], composite[outside])
+    torch.testing.assert_close((out - composite)[:, 0][mask[:, 0] == 1].mean(), torch.tensor(0.1))
+    assert inside.any()
+
+
+def test_region_statistics():
+    from core.models.dih import region_statistics
+
+    composite = torch.zeros(1, 3, 4, 4)
+    composite[..., :2, :] = 1.0
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    stats = region_statistics(composite, mask)
+    assert stats.shape == (1, 12)
+    torch.testing.assert_close(stats[0, :3], torch.ones(3))  # fg mean
+    torch.testing.assert_close(stats[0, 6:9], torch.zeros(3))  # bg mean

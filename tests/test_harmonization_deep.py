@@ -200,3 +200,18 @@ def test_shipped_weights_load_and_harmonize():
     image, mask = _scene(height=300, width=500)
     result = harmonize_deep(image, mask, model)
     assert np.array_equal(result[mask == 0], image[mask == 0])
+
+
+def test_harmonize_action_runs_the_deep_method():
+    from core.actions.base import JobContext, ModelCache
+    from core.actions.harmonize import METHODS, run
+
+    if DEFAULT_WEIGHTS not in Manifest.load().entries:
+        pytest.skip(f"{DEFAULT_WEIGHTS} is not in weights/manifest.json yet")
+    assert "deep" in METHODS and "statistics" in METHODS
+    image, mask = _scene(height=90, width=120)
+    ctx = JobContext(device=torch.device("cpu"), models=ModelCache())
+    mask_u8 = (mask[..., None] * 255).astype(np.uint8)
+    result = run({"image": image, "mask": mask_u8}, {"method": "deep"}, ctx)["image"]
+    assert result.shape == image.shape and np.array_equal(result[mask == 0], image[mask == 0])
+    assert any(key.startswith("dih:") for key in ctx.models.keys())  # loaded once, kept for the next job

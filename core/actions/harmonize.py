@@ -8,6 +8,7 @@ import numpy as np
 
 from core.actions.base import Action, Arrays, JobContext
 from core.actions.inputs import get_bool, get_choice, get_float, require_image, require_mask
+from core.harmonization.deep import DEFAULT_WEIGHTS, harmonize_deep, load_model
 from core.harmonization.statistics import harmonize_statistics
 
 HarmonizeMethod = Callable[[np.ndarray, np.ndarray, float, JobContext], np.ndarray]
@@ -18,7 +19,14 @@ def _statistics(image: np.ndarray, mask: np.ndarray, strength: float, ctx: JobCo
     return harmonize_statistics(image, mask, strength)
 
 
-METHODS: dict[str, HarmonizeMethod] = {"statistics": _statistics}
+def _deep(image: np.ndarray, mask: np.ndarray, strength: float, ctx: JobContext) -> np.ndarray:
+    ctx.report(0.02, "Loading the harmonization network")
+    model = ctx.models.get(f"dih:{DEFAULT_WEIGHTS}:{ctx.device}",
+                           lambda: load_model(DEFAULT_WEIGHTS, device=ctx.device))
+    return harmonize_deep(image, mask, model, strength, progress=ctx.report)
+
+
+METHODS: dict[str, HarmonizeMethod] = {"deep": _deep, "statistics": _statistics}
 DEFAULT_METHOD = "statistics"
 
 

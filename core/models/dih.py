@@ -15,8 +15,13 @@ An encoder–decoder over the composite and its foreground mask (4 input channel
 
 Measured additions (off in the ``paper`` variants): ``residual`` predicts a correction that is
 added to the composite inside the mask (background passes through untouched, as iDIH's image
-fusion), and ``fg_normalized`` divides the reconstruction loss by the foreground area instead of
-the image area (iDIH's MaskWeightedMSE) so small objects count as much as large ones.
+fusion), ``fg_normalized`` divides the reconstruction loss by the foreground area instead of
+the image area (iDIH's MaskWeightedMSE) so small objects count as much as large ones, and
+``global_head`` adds a per-image affine colour map predicted from the foreground's and background's
+colour statistics (a small MLP, pre-trained alone in seconds) plus a linear term of the fc code (the
+scene's semantics); the decoder's per-pixel correction refines it. On a CPU budget the plain network
+plateaus at a mean correction, while this head gives the fg/bg comparison that harmonization
+hinges on a direct path.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class DIHConfig:
     lambda_cro: float = 0.01
     residual: bool = False
     fg_normalized: bool = False
+    global_head: bool = False
     min_fg_fraction: float = 0.01  # floor of the fg-normalized loss's denominator (fraction of pixels)
 
     @property
@@ -70,7 +76,7 @@ PAPER = DIHConfig()
 # Narrow and 128² so that it trains on a 2-core CPU and ships under 25 MB in fp16; it only has to
 # predict the colour change, which the full-resolution path (core/harmonization/deep.py) re-applies.
 SMALL = DIHConfig(resolution=128, channels=(32, 32, 64, 64, 128), fc_dim=512, residual=True,
-                  fg_normalized=True, parsing_scale=2)
+                  fg_normalized=True, parsing_scale=2, global_head=True)
 VARIANTS: dict[str, DIHConfig] = {
     "paper": PAPER,
     "paper-nosem": replace(PAPER, semantic=False),
@@ -128,6 +134,15 @@ class DeepHarmonization(nn.Module):
         if config.residual:
             nn.init.zeros_(self.harmonization[-1].weight)
             nn.init.zeros_(self.harmonization[-1].bias)
+        if config.global_head:
+            if not config.residual:
+                raise ValueError("global_head needs residual=True")
+            self.global_head = StatisticsHead()
+            self.code_head = nn.Linear(config.fc_dim, 12)
+            nn.init.zeros_(self.code_head.weight)
+            nn.init.zeros_(self.code_head.bias)
+        else:
+            self.global_head = self.code_head = None
 
     def forward(self, composite: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """composite N×3×R×R in [0, 1], mask N×1×R×R in [0, 1] → {"image": N×3×R×R, "parsing": N×K×R×R}."""
@@ -137,7 +152,8 @@ class DeepHarmonization(nn.Module):
             x = layer(x)
             skips.append(x)
         s = self.config.bottleneck_size
-        code = self.fc(x.flatten(1)).view(x.shape[0], -1, s, s)
+        flat_code = self.fc(x.flatten(1))
+        code = flat_code.view(x.shape[0], -1, s, s)
 
         parsing_maps, logits = [], None
         if self.parsing is not None:
@@ -156,6 +172,9 @@ class DeepHarmonization(nn.Module):
             if i > 0 and parsing_maps:
                 parts.append(parsing_maps[i - 1])
             h = layer(torch.cat(parts, dim=1))
+        if self.global_head is not None:
+            params = self.global_head(region_statistics(composite, mask)) + self.code_head(flat_code)
+            h = h + apply_affine(params, composite) - composite
         if self.config.residual:
             image = composite + mask * h
         else:
@@ -173,6 +192,37 @@ class DeepHarmonization(nn.Module):
         if self.parsing is not None and not any(p.requires_grad for p in self.parsing.parameters()):
             self.parsing.eval()  # frozen batch-norm statistics too
         return self
+
+
+class StatisticsHead(nn.Module):
+    """Per-image affine colour map (3×3 matrix − I, offset) from fg/bg colour statistics; starts as identity."""
+
+    def __init__(self, hidden: int = 128):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(12, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                                 nn.Linear(hidden, 12))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, statistics: torch.Tensor) -> torch.Tensor:
+        return self.mlp(statistics)
+
+
+def apply_affine(params: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """N×12 parameters (matrix − I row-major, offset) applied to N×3×H×W colours."""
+    matrix = params[:, :9].view(-1, 3, 3) + torch.eye(3, device=params.device, dtype=params.dtype)
+    return torch.einsum("nij,njhw->nihw", matrix, image) + params[:, 9:, None, None]
+
+
+def region_statistics(composite: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image mean and standard deviation of each channel inside and outside the mask (N×12)."""
+    out = []
+    for weight in (mask, 1 - mask):
+        total = weight.sum(dim=(2, 3)).clamp_min(1.0)
+        mean = (composite * weight).sum(dim=(2, 3)) / total
+        var = ((composite - mean[..., None, None]) ** 2 * weight).sum(dim=(2, 3)) / total
+        out += [mean, var.clamp_min(1e-6).sqrt()]
+    return torch.cat(out, dim=1)
 
 
 def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from core.data.harmonization import IGNORE_LABEL, load_cache, render_cache
-from core.models.dih import VARIANTS, DeepHarmonization, DIHConfig, joint_loss
+from core.models.dih import (
+    VARIANTS,
+    DeepHarmonization,
+    DIHConfig,
+    apply_affine,
+    joint_loss,
+    reconstruction_loss,
+    region_statistics,
+)
 from core.weights import bundled_weights_dir, register_weights, save_tensors
 
 
@@ -76,6 +84,37 @@ def evaluate(model: DeepHarmonization, cache: dict[str, np.ndarray], count: int,
     return {k: v / n for k, v in sums.items()}
 
 
+def pretrain_statistics_head(model: DeepHarmonization, cache: dict[str, np.ndarray], steps: int,
+                             batch: int = 64, size: int = 64, lr: float = 1e-3, seed: int = 0) -> None:
+    """Fit the global head's statistics MLP alone (no convolutions run): a global affine colour map
+    is resolution-free, so 64² copies of the composites suffice and thousands of steps take minutes."""
+    images = {k: [] for k in ("composite", "target", "mask")}
+    for start in range(0, len(cache["composite"]), 256):
+        b = batch_from_cache(cache, np.arange(start, min(start + 256, len(cache["composite"]))), size, None)
+        for k in images:
+            images[k].append((b[k] * 255).round().to(torch.uint8))
+    data = {k: torch.cat(v) for k, v in images.items()}
+    head = model.global_head
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    running = []
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(data["composite"]), (batch,), generator=generator)
+        comp, target, mask = (data[k][idx].float() / 255.0 for k in ("composite", "target", "mask"))
+        if torch.rand(1, generator=generator).item() < 0.5:
+            comp, target, mask = (t.flip(-1) for t in (comp, target, mask))
+        mapped = apply_affine(head(region_statistics(comp, mask)), comp)
+        output = comp + mask * (mapped - comp)
+        loss = reconstruction_loss(output, target, mask, model.config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running.append(loss.item())
+        if step % 250 == 0:
+            print(json.dumps({"head_step": step, "rec": float(np.mean(running))}), flush=True)
+            running = []
+
+
 def train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +137,7 @@ def train(args: argparse.Namespace) -> None:
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         config = DIHConfig.from_dict(state["config"])
     model = DeepHarmonization(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(_param_groups(model, args.lr), betas=(0.9, 0.999))
     step, best, stage2_done = 0, float("inf"), False
     rng = np.random.default_rng(args.seed)
     if state is not None:
@@ -110,10 +149,13 @@ def train(args: argparse.Namespace) -> None:
             stage2_done = True
         optimizer.load_state_dict(state["optimizer"])
         lr = args.lr * (args.stage2_lr_scale if step >= args.steps else 1.0)
-        for group in optimizer.param_groups:  # a resumed run may change the learning rate
-            group["lr"] = lr
+        for group, fresh in zip(optimizer.param_groups, _param_groups(model, lr), strict=True):
+            group["lr"] = fresh["lr"]  # a resumed run may change the learning rate
         rng = np.random.default_rng(args.seed + step)
         print(f"resumed at step {step} (best val fMSE {best:.1f})", flush=True)
+    if state is None and config.global_head and args.head_steps:
+        pretrain_statistics_head(model, train_cache, args.head_steps, seed=args.seed)
+        print(json.dumps({"after_head_pretraining": evaluate(model, val_cache, args.val_count)}), flush=True)
     (out / "config.json").write_text(json.dumps({"model": config.to_dict(), "args": _jsonable(vars(args))},
                                                 indent=2))
     total = args.steps + args.stage2_steps
@@ -156,8 +198,18 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _stage2_optimizer(model: DeepHarmonization, args: argparse.Namespace) -> torch.optim.Optimizer:
+    return torch.optim.Adam(_param_groups(model, args.lr * args.stage2_lr_scale))
+
+
+def _param_groups(model: DeepHarmonization, lr: float) -> list[dict]:
+    """The pre-trained statistics head moves ten times slower than the rest, so the joint run's
+    small, noisy batches refine it instead of undoing it."""
+    head = {id(p) for p in model.global_head.parameters()} if model.global_head is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=args.lr * args.stage2_lr_scale)
+    groups = [{"params": [p for p in params if id(p) not in head], "lr": lr}]
+    if head:
+        groups.append({"params": [p for p in params if id(p) in head], "lr": lr * 0.1})
+    return groups
 
 
 def _save(path: Path, model, optimizer, step: int, best: float, config: DIHConfig) -> None:
@@ -203,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=0, help="override the variant's input size")
     parser.add_argument("--paper-loss", action="store_true",
                         help="direct RGB output and image-normalized L_rec, as in the paper")
+    parser.add_argument("--head-steps", type=int, default=3000,
+                        help="steps pre-training the global head's statistics MLP (global_head variants)")
     parser.add_argument("--steps", type=int, default=6000, help="stage 1 (joint) steps")
     parser.add_argument("--stage2-steps", type=int, default=1500,
                         help="stage 2 steps (parsing decoder fixed, lower learning rate)")

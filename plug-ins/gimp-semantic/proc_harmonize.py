@@ -7,7 +7,8 @@ from gimp_bridge import Progress, add_result_layer, read_drawable, read_selectio
 from procedures import RW, choice, image_procedure
 
 NAME = "plug-in-semantic-harmonize"
-METHODS = (("statistics", "Statistics (classical colour transfer)"),)
+METHODS = (("deep", "Deep (learned network, Tsai et al. 2017)"),
+           ("statistics", "Statistics (classical colour transfer)"))
 
 
 def create(plugin, name):
