@@ -23,7 +23,7 @@ class GridNetConfig:
     depths: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per row (Ho et al.)
     columns: int = 6  # half down-sampling, half up-sampling
     width: float = 1.0  # multiplier on depths; 1.0 is the paper's network
-    total_dropout: float = 0.5  # Fourure et al.'s "total dropout": whole lateral streams dropped in training
+    total_dropout: float = 0.5  # Fourure et al.'s "total dropout" (whole lateral streams dropped in training)
 
     @property
     def row_depths(self) -> tuple[int, ...]:
