@@ -45,8 +45,13 @@ TABLE2 = [((314, 400), 10), ((480, 640), 5), ((1200, 1800), 19)]
 # --- strokes from regions ------------------------------------------------------------------------
 
 
-def interior_line(region: np.ndarray, margin: float, rng: np.random.Generator, length: float,
-                  avoid: list[tuple[int, int]] | None = None) -> np.ndarray | None:
+def interior_line(
+    region: np.ndarray,
+    margin: float,
+    rng: np.random.Generator,
+    length: float,
+    avoid: list[tuple[int, int]] | None = None,
+) -> np.ndarray | None:
     """A straight polyline inside ``region`` staying ``margin`` px from its boundary, along a random
     direction through an interior point far from the points in ``avoid`` and deep inside the region
     (spreads a class's scribbles over it); None if the region has no interior."""
@@ -222,10 +227,16 @@ def quality(root: Path, n_davis: int, n_bsds: int, max_side: int) -> dict:
         t2 = time.perf_counter()
         walker = random_walker(rgb, rw_labels)
         t3 = time.perf_counter()
-        rows.append({"image": name, "size": list(mask.shape),
-                     "deepprop": prf(result.output, mask), "deepprop_no_postprocess": prf(raw, mask),
-                     "random_walker": prf(walker, mask),
-                     "seconds": {"deepprop": t1 - t0, "random_walker": t3 - t2}})
+        rows.append(
+            {
+                "image": name,
+                "size": list(mask.shape),
+                "deepprop": prf(result.output, mask),
+                "deepprop_no_postprocess": prf(raw, mask),
+                "random_walker": prf(walker, mask),
+                "seconds": {"deepprop": t1 - t0, "random_walker": t3 - t2},
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     summary = {}
     for method in ("deepprop", "deepprop_no_postprocess", "random_walker"):
@@ -233,10 +244,16 @@ def quality(root: Path, n_davis: int, n_bsds: int, max_side: int) -> dict:
             sel = [r for r in rows if group == "all" or r["image"].startswith(group)]
             if sel:
                 summary.setdefault(method, {})[group] = {
-                    k: float(np.mean([r[method][k] for r in sel])) for k in ("precision", "recall", "f1")}
+                    k: float(np.mean([r[method][k] for r in sel])) for k in ("precision", "recall", "f1")
+                }
     seconds = {m: float(np.mean([r["seconds"][m] for r in rows])) for m in ("deepprop", "random_walker")}
-    return {"images": len(rows), "max_side": max_side, "summary": summary, "mean_seconds": seconds,
-            "per_image": rows}
+    return {
+        "images": len(rows),
+        "max_side": max_side,
+        "summary": summary,
+        "mean_seconds": seconds,
+        "per_image": rows,
+    }
 
 
 def speed(root: Path, sizes: set[str] | None = None) -> dict:
@@ -251,12 +268,15 @@ def speed(root: Path, sizes: set[str] | None = None) -> dict:
         for j in range(len(photos)):
             path = photos[(7 * i + 3 + j) % len(photos)]
             segments = bsds_segments(root / "bsds500/val/segments" / (path.stem + ".png"))
-            segments = cv2.resize(segments.astype(np.float32), (w, h),
-                                  interpolation=cv2.INTER_NEAREST).astype(np.int64)
+            segments = cv2.resize(
+                segments.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST
+            ).astype(np.int64)
             paths = region_strokes(segments, n + 1, rng, brush)
             if len(paths) == n + 1:
                 break
-        rgb = cv2.resize(to_float(load_image(path))[..., :3], (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+        rgb = cv2.resize(to_float(load_image(path))[..., :3], (w, h), interpolation=cv2.INTER_CUBIC).clip(
+            0, 1
+        )
         base = labels_from_scribbles(rasterize_paths(paths[:n], h, w, brush))
         more = labels_from_scribbles(rasterize_paths(paths[: n + 1], h, w, brush))
         options = PropagationOptions(mode="colorize")
@@ -267,17 +287,23 @@ def speed(root: Path, sizes: set[str] | None = None) -> dict:
         c2, t2 = time.process_time(), time.perf_counter()
         key = f"{w}x{h}"
         out[key] = {
-            "image": f"bsds500/val/{path.stem}", "strokes": base.num_classes,
-            "stroke_pixels": int((base.labels >= 0).sum()), "brush": brush,
-            "full_seconds": t1 - t0, "paper_cpu_seconds": PAPER_SECONDS[key],
+            "image": f"bsds500/val/{path.stem}",
+            "strokes": base.num_classes,
+            "stroke_pixels": int((base.labels >= 0).sum()),
+            "brush": brush,
+            "full_seconds": t1 - t0,
+            "paper_cpu_seconds": PAPER_SECONDS[key],
             # CPU seconds of this process: on a shared, oversubscribed machine wall time mostly measures
             # the other tenants; with one thread this is close to the wall time on an idle machine.
-            "full_cpu_seconds": c1 - c0, "incremental_cpu_seconds": c2 - c1,
+            "full_cpu_seconds": c1 - c0,
+            "incremental_cpu_seconds": c2 - c1,
             "speedup_vs_paper_cpu_time": PAPER_SECONDS[key] / (c1 - c0),
             "speedup_vs_paper": PAPER_SECONDS[key] / (t1 - t0),
             "full_breakdown": {k: round(v, 3) for k, v in full.timings.items()},
-            "full_epochs": full.log.epochs, "full_stop": full.log.stop_reason,
-            "incremental_seconds": t2 - t1, "incremental_ratio": (t2 - t1) / (t1 - t0),
+            "full_epochs": full.log.epochs,
+            "full_stop": full.log.stop_reason,
+            "incremental_seconds": t2 - t1,
+            "incremental_ratio": (t2 - t1) / (t1 - t0),
             "incremental_breakdown": {k: round(v, 3) for k, v in inc.timings.items()},
             "incremental_epochs": inc.log.epochs if inc.log else 0,
         }
@@ -286,7 +312,9 @@ def speed(root: Path, sizes: set[str] | None = None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default="../shared/datasets")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--davis", type=int, default=15)
@@ -298,9 +326,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.data)
-    report = {"machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
-                          "processor": platform.processor() or platform.machine(),
-                          "load_average_at_start": list(os.getloadavg())}}
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
+            "processor": platform.processor() or platform.machine(),
+            "load_average_at_start": list(os.getloadavg()),
+        }
+    }
     if not args.skip_speed:
         report["speed"] = speed(root, set(filter(None, args.sizes.split(","))))
     if not args.skip_quality:

@@ -23,13 +23,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-
 def test_shapes_follow_the_paper():
     model = DeepProp(4)
     patch, coords = torch.rand(5, 3, 9, 9), torch.rand(5, 2)
-    assert model.vfe(patch).shape == (5, 256)                  # VFE → 256-d f_v
-    assert model.features(patch, coords).shape == (5, 256)     # FC → 256
-    assert model.features(patch, None).shape == (5, 256)       # pre-training network, no SFE
+    assert model.vfe(patch).shape == (5, 256)  # VFE → 256-d f_v
+    assert model.features(patch, coords).shape == (5, 256)  # FC → 256
+    assert model.features(patch, None).shape == (5, 256)  # pre-training network, no SFE
     probs = model.probabilities(patch, coords)
     assert probs.shape == (5, 4)
     torch.testing.assert_close(probs.sum(1), torch.ones(5))
@@ -40,7 +39,7 @@ def test_parameter_counts():
     counts = parameter_counts(DeepProp(3))
     assert counts["vfe"] == (3 * 9 * 128 + 128) + (128 * 9 * 256 + 256)
     assert counts["sfe"] == 2 * 256 + 256
-    assert counts["fc"] == 256 * 256 + 256 + 256 * 256         # W_cv, shared bias, W_cs
+    assert counts["fc"] == 256 * 256 + 256 + 256 * 256  # W_cv, shared bias, W_cs
     assert counts["le"] == 256 * 3 + 3
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     gray = parameter_counts(DeepProp(2, DeepPropConfig(in_channels=1)))
@@ -118,9 +117,9 @@ def test_incremental_update_keeps_parameters_and_le_rows():
     torch.testing.assert_close(model.le.weight[0], le_before[1])
     torch.testing.assert_close(model.le.weight[2], le_before[0])
     assert model.num_classes == 3
-    assert torch.equal(model.vfe.conv1.weight, conv_before)     # VFE untouched by resizing
-    model.resize_classes([0, 2])                                 # remove one
+    assert torch.equal(model.vfe.conv1.weight, conv_before)  # VFE untouched by resizing
+    model.resize_classes([0, 2])  # remove one
     torch.testing.assert_close(model.le.weight[1], le_before[0])
     new_labels = np.where(labels == 0, 1, np.where(labels == 1, 0, -1)).astype(np.int32)
     refined, log = learn(model, source, new_labels, FAST, seed=1)
-    assert refined is model and not log.pretrain_errors          # refined in place, no pre-training
+    assert refined is model and not log.pretrain_errors  # refined in place, no pre-training

@@ -38,19 +38,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-
-@pytest.mark.parametrize("name, color", [
-    ("sky #4080ff", (64, 128, 255)),
-    ("#F80 hair", (255, 136, 0)),
-    ("grass green", (0, 128, 0)),
-    ("light blue water", (173, 216, 230)),
-    ("Hair: SaddleBrown", (139, 69, 19)),
-    ("fg", (255, 0, 0)),
-    ("object (foreground)", (255, 0, 0)),
-    ("bg 2", (0, 0, 255)),
-    ("reduced", None),
-    ("Path #2", None),
-])
+@pytest.mark.parametrize(
+    "name, color",
+    [
+        ("sky #4080ff", (64, 128, 255)),
+        ("#F80 hair", (255, 136, 0)),
+        ("grass green", (0, 128, 0)),
+        ("light blue water", (173, 216, 230)),
+        ("Hair: SaddleBrown", (139, 69, 19)),
+        ("fg", (255, 0, 0)),
+        ("object (foreground)", (255, 0, 0)),
+        ("bg 2", (0, 0, 255)),
+        ("reduced", None),
+        ("Path #2", None),
+    ],
+)
 def test_color_from_name(name, color):
     assert color_from_name(name) == color
 
@@ -61,16 +63,19 @@ def test_css_table_is_complete_and_exact():
 
 
 def test_rasterize_paths_brush_width_and_colors():
-    paths = paths_from_params([
-        {"name": "a red", "color": None, "strokes": [[10, 20, 50, 20]]},
-        {"name": "b", "color": "#00ff00", "strokes": [[20, 40, 20, 40]]},  # a dot, color from the tag
-    ], offset=(5, 0))
+    paths = paths_from_params(
+        [
+            {"name": "a red", "color": None, "strokes": [[10, 20, 50, 20]]},
+            {"name": "b", "color": "#00ff00", "strokes": [[20, 40, 20, 40]]},  # a dot, color from the tag
+        ],
+        offset=(5, 0),
+    )
     raster = rasterize_paths(paths, 60, 80, brush_width=5)
     red = (raster[..., 0] == 255) & (raster[..., 3] == 255)
     ys, xs = np.nonzero(red)
     assert ys.min() >= 17 and ys.max() <= 23 and 3 <= ys.max() - ys.min() + 1 <= 6
-    assert xs.min() >= 2 and xs.max() <= 48                     # shifted by the layer offset
-    assert raster[40, 15, 1] == 255                              # the dot, painted around (15, 40)
+    assert xs.min() >= 2 and xs.max() <= 48  # shifted by the layer offset
+    assert raster[40, 15, 1] == 255  # the dot, painted around (15, 40)
     strokes = labels_from_scribbles(raster)
     assert strokes.num_classes == 2 and set(strokes.keys()) == {"#ff0000", "#00ff00"}
 
@@ -79,7 +84,9 @@ def test_rasterize_reports_paths_without_color_or_outside():
     with pytest.raises(SemanticError, match="'mystery' has no color"):
         rasterize_paths([StrokePath("mystery", [np.array([[1.0, 1.0], [5.0, 5.0]])], [False])], 10, 10, 3)
     with pytest.raises(SemanticError, match="outside the layer"):
-        rasterize_paths([StrokePath("far red", [np.array([[100.0, 100.0], [120.0, 130.0]])], [False])], 10, 10, 3)
+        rasterize_paths(
+            [StrokePath("far red", [np.array([[100.0, 100.0], [120.0, 130.0]])], [False])], 10, 10, 3
+        )
     with pytest.raises(SemanticError, match="no paths"):
         rasterize_paths([], 10, 10, 3)
 
@@ -102,21 +109,21 @@ def test_gimp_svg_export_is_parsed(tmp_path):
     assert paths[0].closed == [True]
     assert np.allclose(pts[0], [10, 10]) and np.allclose(pts[-1], [50, 40])
     assert np.allclose(paths[1].polylines[0], [[100, 100], [110, 100], [115, 100], [115, 95]])
-    assert paths[1].fallback_color is None                         # GIMP's default black is no color
+    assert paths[1].fallback_color is None  # GIMP's default black is no color
 
 
 def test_path_data_curves_and_relative_commands():
-    (pts, closed), = parse_path_data("m 0,0 c 0,10 10,10 10,0 s 10,-10 10,0", curve_steps=4)
+    ((pts, closed),) = parse_path_data("m 0,0 c 0,10 10,10 10,0 s 10,-10 10,0", curve_steps=4)
     assert not closed and np.allclose(pts[-1], [20, 0]) and len(pts) == 9
-    assert pts[2][1] == pytest.approx(7.5)                         # the cubic's midpoint
+    assert pts[2][1] == pytest.approx(7.5)  # the cubic's midpoint
 
 
 def test_scribbles_merge_antialiased_edges_and_need_alpha():
     raster = np.zeros((40, 40, 4), np.uint8)
     raster[5:15, 5:15] = (255, 0, 0, 255)
     raster[25:35, 25:35] = (0, 0, 255, 255)
-    raster[15, 5:9] = (250, 10, 5, 200)                            # soft edge of the red stroke
-    raster[0, 0] = (0, 255, 0, 40)                                 # nearly transparent: no stroke
+    raster[15, 5:9] = (250, 10, 5, 200)  # soft edge of the red stroke
+    raster[0, 0] = (0, 255, 0, 40)  # nearly transparent: no stroke
     strokes = labels_from_scribbles(raster)
     assert strokes.num_classes == 2
     assert (strokes.labels[15, 5:9] == strokes.labels[10, 10]).all()
@@ -132,7 +139,7 @@ def test_scribbles_merge_antialiased_edges_and_need_alpha():
 
 def test_slic_follows_edges_and_covers_the_image():
     img = np.zeros((60, 90, 3), np.float32)
-    img[:, 43:] = (80, 40, -30)   # a vertical Lab edge at x = 43, off the 10-pixel grid
+    img[:, 43:] = (80, 40, -30)  # a vertical Lab edge at x = 43, off the 10-pixel grid
     result = slic(img, 54)
     assert result.labels.shape == (60, 90)
     assert set(np.unique(result.labels)) == set(range(result.count))
@@ -157,7 +164,7 @@ def test_smoothing_solves_eq15():
     residual = a @ x.reshape(-1, 2) - weights.reshape(-1, 1) * y.reshape(-1, 2)
     assert np.abs(residual).max() < 1e-4
     ones, _ = smooth(graph, np.ones((30, 40, 1), np.float32), weights, cfg)
-    assert np.allclose(ones, 1, atol=1e-5)                         # constants are fixed points
+    assert np.allclose(ones, 1, atol=1e-5)  # constants are fixed points
 
 
 def test_eroded_edge_weights():
@@ -178,7 +185,7 @@ def scene(h=48, w=64, seed=0):
     img = np.empty((h, w, 3), np.float32)
     img[:, : w // 2] = 0.3 + 0.05 * rng.standard_normal((h, w // 2, 1))
     stripes = 0.75 + 0.1 * np.sign(np.sin(np.arange(w - w // 2) * 1.5))
-    img[:, w // 2:] = stripes[None, :, None] * np.array([1.0, 0.9, 0.7])
+    img[:, w // 2 :] = stripes[None, :, None] * np.array([1.0, 0.9, 0.7])
     labels = np.full((h, w), -1, np.int32)
     labels[8:40, 8:12] = 0
     labels[8:40, 50:54] = 1
@@ -197,7 +204,7 @@ def test_colorize_keeps_lightness_and_takes_stroke_colors():
     strokes = stroke_set(labels, [(30, 90, 220), (230, 140, 30)])
     result, _ = propagate(gray, strokes, PropagationOptions(mode="colorize", model=FAST))
     lab_in, lab_out = rgb_to_lab(gray), rgb_to_lab(result.output)
-    assert np.abs(lab_in[..., 0] - lab_out[..., 0]).max() < 2.0      # gamut clipping only
+    assert np.abs(lab_in[..., 0] - lab_out[..., 0]).max() < 2.0  # gamut clipping only
     left, right = lab_out[:, :28], lab_out[:, 36:]
     assert left[..., 2].mean() < -15 and right[..., 2].mean() > 15  # blue vs orange
     assert gray.shape == result.output.shape
@@ -212,12 +219,12 @@ def test_recolor_changes_hue_where_stroked_and_keeps_texture():
     assert np.abs(lab_out[..., 0] - lab_in[..., 0]).mean() < 2.0
     right_in, right_out = lab_in[:, 36:], lab_out[:, 36:]
     assert right_out[..., 1].mean() < right_in[..., 1].mean() - 15  # toward green (a < 0)
-    assert np.abs(lab_out[:, :28] - lab_in[:, :28]).mean() < 3.0     # a stroke in its own color keeps it
+    assert np.abs(lab_out[:, :28] - lab_in[:, :28]).mean() < 3.0  # a stroke in its own color keeps it
 
 
 def test_select_and_masks_respect_strokes():
     img, labels = scene()
-    strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])        # left bg (blue), right fg (red)
+    strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])  # left bg (blue), right fg (red)
     result, state = propagate(img, strokes, PropagationOptions(mode="select", model=FAST))
     mask = result.output
     assert mask.shape == labels.shape and 0 <= mask.min() and mask.max() <= 1
@@ -226,7 +233,7 @@ def test_select_and_masks_respect_strokes():
     masks, _ = propagate(img, strokes, PropagationOptions(mode="masks", model=FAST), state)
     assert masks.output.shape == (48, 64, 2)
     assert np.allclose(masks.output.sum(2), 1, atol=1e-3)
-    assert masks.log is None                                       # same strokes: network reused as is
+    assert masks.log is None  # same strokes: network reused as is
 
 
 def test_select_needs_fg_and_bg_colors():
@@ -246,10 +253,14 @@ def test_incremental_update_after_adding_a_stroke_reuses_the_network():
     le_before = state.model.le.weight.detach().clone()
     more = labels.copy()
     more[42:46, 20:44] = 2
-    second, state2 = propagate(img, stroke_set(more, [(0, 0, 255), (255, 0, 0), (0, 255, 0)]),
-                               PropagationOptions(mode="masks", model=FAST), state)
+    second, state2 = propagate(
+        img,
+        stroke_set(more, [(0, 0, 255), (255, 0, 0), (0, 255, 0)]),
+        PropagationOptions(mode="masks", model=FAST),
+        state,
+    )
     assert state2 is state and second.incremental
-    assert not second.log.pretrain_errors                          # no pre-training the second time
+    assert not second.log.pretrain_errors  # no pre-training the second time
     model = state.model
     assert model.num_classes == 3
     # Training continued from the old parameters: they moved, but stay close to where they were.
@@ -268,8 +279,10 @@ def test_action_caches_state_per_image_and_rasterizes_paths():
     alpha = np.full(image.shape[:2] + (1,), 200, np.uint8)
     rgba = np.concatenate([image, alpha], axis=2)
     ctx = JobContext(torch.device("cpu"), ModelCache())
-    paths = [{"name": "left blue", "color": None, "strokes": [[10, 8, 10, 40]]},
-             {"name": "right", "color": "#ff8000", "strokes": [[52, 8, 52, 40]]}]
+    paths = [
+        {"name": "left blue", "color": None, "strokes": [[10, 8, 10, 40]]},
+        {"name": "right", "color": "#ff8000", "strokes": [[52, 8, 52, 40]]},
+    ]
     params = {"mode": "colorize", "paths": paths, "brush_width": 4, "image_key": "img-1"}
     out = run_action({"image": rgba}, params, ctx)
     assert out["image"].shape == rgba.shape and out["image"].dtype == np.uint8
@@ -277,7 +290,7 @@ def test_action_caches_state_per_image_and_rasterizes_paths():
     assert [tuple(c) for c in out["class_colors"].reshape(-1, 3)] == [(0, 0, 255), (255, 128, 0)]
     slot = ctx.models.peek(CACHE_PREFIX + "img-1")
     state = slot.state
-    paths[1]["strokes"] = [[50, 8, 54, 40]]                        # edit one path
+    paths[1]["strokes"] = [[50, 8, 54, 40]]  # edit one path
     out2 = run_action({"image": rgba}, dict(params, mode="masks"), ctx)
     assert slot.state is state and out2["masks"].shape == (48, 64, 2)
     assert state.class_keys == ["#0000ff", "#ff8000"]

@@ -24,7 +24,13 @@ from core.actions.base import Action, Arrays, JobContext
 from core.actions.inputs import get_bool, get_choice, get_float, get_int, require_image
 from core.imaging.io import from_float, to_uint8
 from core.propagation import apps
-from core.propagation.pipeline import ImageState, PropagationOptions, image_fingerprint, prepare_rgb, propagate
+from core.propagation.pipeline import (
+    ImageState,
+    PropagationOptions,
+    image_fingerprint,
+    prepare_rgb,
+    propagate,
+)
 from core.propagation.smoothing import SmoothingConfig
 from core.propagation.strokes import (
     DEFAULT_BG,
@@ -60,8 +66,10 @@ def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg):
     if "strokes" in arrays:
         scribbles = require_image(arrays, "strokes", channels=(3, 4))
         if scribbles.shape[:2] != (height, width):
-            raise bad_input(f"The scribble layer is {scribbles.shape[1]}×{scribbles.shape[0]} but the image is "
-                            f"{width}×{height}; they must be the same size.")
+            raise bad_input(
+                f"The scribble layer is {scribbles.shape[1]}×{scribbles.shape[0]} but the image is "
+                f"{width}×{height}; they must be the same size."
+            )
         return labels_from_scribbles(to_uint8(scribbles))
     if "paths" in params:
         offset = params.get("offset", [0, 0])
@@ -87,7 +95,8 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
         superpixels=get_int(params, "superpixels", 0, 0, h * w),
         per_pixel=get_bool(params, "per_pixel", False),
         smoothing=SmoothingConfig(strength=smoothing),
-        fg=fg, bg=bg,
+        fg=fg,
+        bg=bg,
         seed=get_int(params, "seed", 0, 0, 2**31 - 1),
     )
     ctx.report(0.01, "Reading strokes")
@@ -112,4 +121,6 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     return {"masks": from_float(result.output, np.uint8), "class_colors": colors}
 
 
-ACTIONS = [Action("propagate", "Propagate stroke edits (colorize, recolor, select, masks) with DeepProp", run)]
+ACTIONS = [
+    Action("propagate", "Propagate stroke edits (colorize, recolor, select, masks) with DeepProp", run)
+]

@@ -1,6 +1,6 @@
 """gimp-semantic propagate IMAGE (--strokes SCRIBBLES.png | --paths PATHS.svg) -o OUT
-   --mode {colorize,recolor,select,masks} [--fg-color C] [--bg-color C] [--superpixels N]
-   [--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
+--mode {colorize,recolor,select,masks} [--fg-color C] [--bg-color C] [--superpixels N]
+[--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
 
 from __future__ import annotations
 
@@ -17,26 +17,44 @@ from core.protocol import bad_input
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "propagate", help="propagate stroke edits over an image (DeepProp): colorize, recolor, select, masks",
+        "propagate",
+        help="propagate stroke edits over an image (DeepProp): colorize, recolor, select, masks",
         description="Strokes come from a scribble PNG (transparent = no stroke, each color one class) or "
-                    "an SVG exported by GIMP's Export Path (each path one class, its color in its name).")
+        "an SVG exported by GIMP's Export Path (each path one class, its color in its name).",
+    )
     parser.add_argument("image", help="the photo (gray or color, any size)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--strokes", help="scribble PNG with alpha, same size as the image")
-    source.add_argument("--paths", help="SVG from GIMP's Export Path: path names hold colors (#rrggbb, CSS "
-                                        "names, fg/bg)")
-    parser.add_argument("-o", "--output", required=True,
-                        help="output file; masks mode writes OUT's stem + _<n>_<rrggbb> per class")
+    source.add_argument(
+        "--paths", help="SVG from GIMP's Export Path: path names hold colors (#rrggbb, CSS names, fg/bg)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output file; masks mode writes OUT's stem + _<n>_<rrggbb> per class",
+    )
     parser.add_argument("--mode", choices=MODES, default="colorize")
     parser.add_argument("--fg-color", default="#ff0000", help="select: foreground stroke color (default red)")
-    parser.add_argument("--bg-color", default="#0000ff", help="select: background stroke color (default blue)")
-    parser.add_argument("--superpixels", type=int, default=0,
-                        help="number of SLIC superpixels (default 0: one per 100 pixels)")
-    parser.add_argument("--smoothing", type=float, default=SmoothingConfig.strength,
-                        help=f"edge-aware post-processing strength λ (0 = off, default {SmoothingConfig.strength})")
+    parser.add_argument(
+        "--bg-color", default="#0000ff", help="select: background stroke color (default blue)"
+    )
+    parser.add_argument(
+        "--superpixels",
+        type=int,
+        default=0,
+        help="number of SLIC superpixels (default 0: one per 100 pixels)",
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        default=SmoothingConfig.strength,
+        help=f"edge-aware post-processing strength λ (0 = off, default {SmoothingConfig.strength})",
+    )
     parser.add_argument("--brush-width", type=float, default=5.0, help="SVG paths: stroke width in pixels")
-    parser.add_argument("--per-pixel", action="store_true", help="estimate every pixel (slower) instead of "
-                                                                   "every superpixel")
+    parser.add_argument(
+        "--per-pixel", action="store_true", help="estimate every pixel (slower) instead of every superpixel"
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_runtime_options(parser)
     parser.set_defaults(func=run)
@@ -45,22 +63,36 @@ def register(subparsers) -> None:
 def run(args) -> int:
     image = load_image(args.image)
     arrays = {"image": image}
-    params = {"mode": args.mode, "fg_color": args.fg_color, "bg_color": args.bg_color,
-              "superpixels": args.superpixels, "smoothing": args.smoothing, "brush_width": args.brush_width,
-              "per_pixel": args.per_pixel, "seed": args.seed}
+    params = {
+        "mode": args.mode,
+        "fg_color": args.fg_color,
+        "bg_color": args.bg_color,
+        "superpixels": args.superpixels,
+        "smoothing": args.smoothing,
+        "brush_width": args.brush_width,
+        "per_pixel": args.per_pixel,
+        "seed": args.seed,
+    }
     if args.strokes:
         strokes = load_image(args.strokes)
         if strokes.shape[2] != 4:
-            raise bad_input(f"{args.strokes} has no alpha channel: paint the strokes on a transparent layer "
-                            "and export it as PNG (transparent pixels mean 'no stroke').")
+            raise bad_input(
+                f"{args.strokes} has no alpha channel: paint the strokes on a transparent layer "
+                "and export it as PNG (transparent pixels mean 'no stroke')."
+            )
         arrays["strokes"] = strokes
     else:
         paths, size = read_svg_paths(args.paths)
         h, w = image.shape[:2]
         sx, sy = (w / size[0], h / size[1]) if size and size[0] > 0 and size[1] > 0 else (1.0, 1.0)
         params["paths"] = [
-            {"name": p.name, "color": rgb_hex(p.fallback_color) if p.fallback_color else None,
-             "strokes": [_closed(pts, closed, sx, sy) for pts, closed in zip(p.polylines, p.closed, strict=True)]}
+            {
+                "name": p.name,
+                "color": rgb_hex(p.fallback_color) if p.fallback_color else None,
+                "strokes": [
+                    _closed(pts, closed, sx, sy) for pts, closed in zip(p.polylines, p.closed, strict=True)
+                ],
+            }
             for p in paths
         ]
     result = execute("propagate", arrays, params, args)
@@ -72,8 +104,9 @@ def run(args) -> int:
     else:
         out = Path(args.output)
         for k, color in enumerate(colors):
-            write_output(out.with_name(f"{out.stem}_{k}_{color[1:]}{out.suffix or '.png'}"),
-                         result["masks"][..., k])
+            write_output(
+                out.with_name(f"{out.stem}_{k}_{color[1:]}{out.suffix or '.png'}"), result["masks"][..., k]
+            )
     print("classes: " + ", ".join(colors), file=sys.stderr)
     return 0
 

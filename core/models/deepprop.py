@@ -27,21 +27,21 @@ from torch import nn
 
 @dataclass(frozen=True)
 class DeepPropConfig:
-    patch_size: int = 9            # 9×9 input patch (Sec. 3)
-    in_channels: int = 3           # RGB; 1 for gray images
-    conv1_channels: int = 128      # first VFE convolution
-    conv2_channels: int = 256      # second VFE convolution: 256 maps × 1×1 after the second pooling
+    patch_size: int = 9  # 9×9 input patch (Sec. 3)
+    in_channels: int = 3  # RGB; 1 for gray images
+    conv1_channels: int = 128  # first VFE convolution
+    conv2_channels: int = 256  # second VFE convolution: 256 maps × 1×1 after the second pooling
     kernel_size: int = 3
-    feature_dim: int = 256         # f_v, f_s and the fused f are all 256-d
+    feature_dim: int = 256  # f_v, f_s and the fused f are all 256-d
     # Learning (Algorithm 1)
-    learning_rate: float = 1e-3    # Adam (Kingma & Ba) with its default betas
-    batch_size: int = 32           # mini-batch size (Adam)
-    epsilon: float = 0.01          # stop when the epoch's error < ε|Ω'|
-    gamma: float = 0.01            # ... or when it rises by more than γ|Ω'|
-    sample_ratio: float = 0.10     # Ω' = a random 10% of the stroke pixels
-    running_error: bool = True     # E summed during the epoch (True) or from a pass after it (False)
-    min_epoch_samples: int = 512   # small Ω' is repeated within an epoch up to this many samples
-    max_epochs: int = 30           # safety cap per stage; the ε/γ tests normally stop far earlier
+    learning_rate: float = 1e-3  # Adam (Kingma & Ba) with its default betas
+    batch_size: int = 32  # mini-batch size (Adam)
+    epsilon: float = 0.01  # stop when the epoch's error < ε|Ω'|
+    gamma: float = 0.01  # ... or when it rises by more than γ|Ω'|
+    sample_ratio: float = 0.10  # Ω' = a random 10% of the stroke pixels
+    running_error: bool = True  # E summed during the epoch (True) or from a pass after it (False)
+    min_epoch_samples: int = 512  # small Ω' is repeated within an epoch up to this many samples
+    max_epochs: int = 30  # safety cap per stage; the ε/γ tests normally stop far earlier
 
     @property
     def vfe_spatial(self) -> int:
@@ -71,19 +71,19 @@ class VisualFeatureExtractor(nn.Module):
             raise ValueError("the fast VFE path is written for the paper's 9×9 patches and 3×3 kernels")
         self.conv1 = nn.Conv2d(cfg.in_channels, cfg.conv1_channels, cfg.kernel_size)
         self.conv2 = nn.Conv2d(cfg.conv1_channels, cfg.conv2_channels, cfg.kernel_size)
-        self.out_dim = cfg.conv2_channels * cfg.vfe_spatial ** 2
+        self.out_dim = cfg.conv2_channels * cfg.vfe_spatial**2
 
     def forward(self, patch: torch.Tensor) -> torch.Tensor:
         """patch: N×c×9×9 in [0, 1] → N×256."""
         n = patch.shape[0]
-        cols = F.unfold(patch, 3).transpose(1, 2)                          # N×49×9c  (conv1 im2col)
+        cols = F.unfold(patch, 3).transpose(1, 2)  # N×49×9c  (conv1 im2col)
         x = F.linear(cols, self.conv1.weight.flatten(1), self.conv1.bias)  # N×49×128 conv1
         x = F.max_pool2d(x.view(n, 7, 7, -1).permute(0, 3, 1, 2), 2, ceil_mode=True)  # channels-last pool
-        x = F.relu(x.permute(0, 2, 3, 1))                                  # N×4×4×128, ReLU
-        windows = torch.stack([x[:, a:a + 3, b:b + 3] for a in (0, 1) for b in (0, 1)], 1)
-        w2 = self.conv2.weight.permute(0, 2, 3, 1).flatten(1)              # 256×(3·3·128), (ky, kx, c)
-        x = F.linear(windows.flatten(2), w2, self.conv2.bias)             # N×4×256 conv2
-        return F.relu(x.amax(1))                                           # max-pool 2×2 → ReLU → N×256
+        x = F.relu(x.permute(0, 2, 3, 1))  # N×4×4×128, ReLU
+        windows = torch.stack([x[:, a : a + 3, b : b + 3] for a in (0, 1) for b in (0, 1)], 1)
+        w2 = self.conv2.weight.permute(0, 2, 3, 1).flatten(1)  # 256×(3·3·128), (ky, kx, c)
+        x = F.linear(windows.flatten(2), w2, self.conv2.bias)  # N×4×256 conv2
+        return F.relu(x.amax(1))  # max-pool 2×2 → ReLU → N×256
 
     def forward_reference(self, patch: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(patch)), 2, ceil_mode=True)
@@ -118,10 +118,10 @@ class DeepProp(nn.Module):
     def features(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
         """Fused 256-d feature f; ``coords=None`` is the pre-training network without the SFE."""
         f_v = self.vfe(patch)
-        fused = self.fc_v(f_v)                           # W_cv f_v + b_c
+        fused = self.fc_v(f_v)  # W_cv f_v + b_c
         if coords is not None:
-            f_s = F.relu(self.sfe(coords))               # SFE
-            fused = fused + self.fc_s(f_s)               # + W_cs f_s
+            f_s = F.relu(self.sfe(coords))  # SFE
+            fused = fused + self.fc_s(f_s)  # + W_cs f_s
         return F.relu(fused)
 
     def forward(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
@@ -158,5 +158,10 @@ def parameter_counts(model: DeepProp) -> dict[str, int]:
     def count(module: nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 
-    return {"vfe": count(model.vfe), "sfe": count(model.sfe),
-            "fc": count(model.fc_v) + count(model.fc_s), "le": count(model.le), "total": count(model)}
+    return {
+        "vfe": count(model.vfe),
+        "sfe": count(model.sfe),
+        "fc": count(model.fc_v) + count(model.fc_s),
+        "le": count(model.le),
+        "total": count(model),
+    }

@@ -31,7 +31,7 @@ def _linear_rgb(lab: torch.Tensor) -> torch.Tensor:
     L, a, b = lab.unbind(1)
     fy = (L + 16) / 116
     f = torch.stack([fy + a / 500, fy, fy - b / 200], 1)
-    xyz = torch.where(f ** 3 > _EPS, f ** 3, (116 * f - 16) / _KAPPA) * _WHITE_D65.to(lab)
+    xyz = torch.where(f**3 > _EPS, f**3, (116 * f - 16) / _KAPPA) * _WHITE_D65.to(lab)
     return xyz @ _XYZ_TO_SRGB.T.to(lab)
 
 
@@ -60,16 +60,22 @@ def stroke_lab(colors: np.ndarray) -> np.ndarray:
     return rgb_to_lab(colors.reshape(1, -1, 3).astype(np.float32) / 255.0).reshape(-1, 3)
 
 
-def colorize(rgb: np.ndarray, probs: np.ndarray, colors: np.ndarray, smooth: Smooth,
-             lab: np.ndarray | None = None) -> np.ndarray:
+def colorize(
+    rgb: np.ndarray, probs: np.ndarray, colors: np.ndarray, smooth: Smooth, lab: np.ndarray | None = None
+) -> np.ndarray:
     """ab = Σ_k P_k ab_k of the strokes' colors, L kept from the image → H×W×3 float RGB."""
     lab = rgb_to_lab(rgb) if lab is None else lab
     ab = _smooth_linear(probs, stroke_lab(colors)[:, 1:], smooth)
     return lab_to_rgb_keep_lightness(np.concatenate([lab[..., :1], ab], axis=2))
 
 
-def recolor_transforms(lab: np.ndarray, labels: np.ndarray, colors: np.ndarray,
-                       neutral_chroma: float = 4.0, max_gain: float = 5.0) -> np.ndarray:
+def recolor_transforms(
+    lab: np.ndarray,
+    labels: np.ndarray,
+    colors: np.ndarray,
+    neutral_chroma: float = 4.0,
+    max_gain: float = 5.0,
+) -> np.ndarray:
     """Per class an affine map of (a, b): rotate the stroke region's mean hue onto the stroke's hue and
     scale its mean chroma to the stroke's chroma (n×6: 2×2 matrix row-major, then offset).
 
@@ -92,10 +98,16 @@ def recolor_transforms(lab: np.ndarray, labels: np.ndarray, colors: np.ndarray,
     return out
 
 
-def recolor(rgb: np.ndarray, probs: np.ndarray, labels: np.ndarray, colors: np.ndarray,
-            smooth: Smooth, lab: np.ndarray | None = None) -> np.ndarray:
+def recolor(
+    rgb: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    colors: np.ndarray,
+    smooth: Smooth,
+    lab: np.ndarray | None = None,
+) -> np.ndarray:
     lab = rgb_to_lab(rgb) if lab is None else lab
-    field = _smooth_linear(probs, recolor_transforms(lab, labels, colors), smooth)   # H×W×6
+    field = _smooth_linear(probs, recolor_transforms(lab, labels, colors), smooth)  # H×W×6
     a, b = lab[..., 1], lab[..., 2]
     new_a = field[..., 0] * a + field[..., 1] * b + field[..., 4]
     new_b = field[..., 2] * a + field[..., 3] * b + field[..., 5]
@@ -115,7 +127,9 @@ def foreground_classes(colors: np.ndarray, fg: tuple[int, int, int], bg: tuple[i
     is_fg = np.array([k == tuple(fg) for k in keys])
     if is_fg.all() or not is_fg.any():
         missing = "background" if is_fg.all() else "foreground"
-        raise bad_input(f"Select mode needs both foreground and background strokes; there is no {missing} stroke.")
+        raise bad_input(
+            f"Select mode needs both foreground and background strokes; there is no {missing} stroke."
+        )
     return is_fg
 
 

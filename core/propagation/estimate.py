@@ -18,15 +18,20 @@ from core.models.deepprop import DeepProp
 
 @dataclass
 class PatchSource:
-    padded: torch.Tensor        # c×(H+2r)×(W+2r), values in [0, 1]
+    padded: torch.Tensor  # c×(H+2r)×(W+2r), values in [0, 1]
     height: int
     width: int
     radius: int
-    offsets: torch.Tensor       # 81 flat offsets of a 9×9 window
+    offsets: torch.Tensor  # 81 flat offsets of a 9×9 window
 
     @classmethod
-    def from_image(cls, image: np.ndarray, patch_size: int = 9, device: torch.device | str = "cpu",
-                   gray: bool | None = None) -> PatchSource:
+    def from_image(
+        cls,
+        image: np.ndarray,
+        patch_size: int = 9,
+        device: torch.device | str = "cpu",
+        gray: bool | None = None,
+    ) -> PatchSource:
         """image: H×W×3 float in [0, 1]. Gray images (all channels equal) use c = 1, as in the paper."""
         if gray is None:
             gray = is_gray(image)
@@ -52,8 +57,8 @@ class PatchSource:
     def patches(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """Integer pixel rows/columns (N) → N×c×9×9 patches centered on them."""
         size = 2 * self.radius + 1
-        base = ys.to(self.device) * (self.width + 2 * self.radius) + xs.to(self.device)   # top-left corner
-        index = base[:, None] + self.offsets[None, :]                                       # N×81
+        base = ys.to(self.device) * (self.width + 2 * self.radius) + xs.to(self.device)  # top-left corner
+        index = base[:, None] + self.offsets[None, :]  # N×81
         flat = self.padded.view(self.channels, -1)
         return flat[:, index].permute(1, 0, 2).reshape(-1, self.channels, size, size)
 
@@ -73,19 +78,21 @@ def is_gray(image: np.ndarray, tolerance: float = 1.5 / 255) -> bool:
 
 
 @torch.no_grad()
-def predict(model: DeepProp, source: PatchSource, ys: torch.Tensor, xs: torch.Tensor,
-            batch: int = 8192) -> torch.Tensor:
+def predict(
+    model: DeepProp, source: PatchSource, ys: torch.Tensor, xs: torch.Tensor, batch: int = 8192
+) -> torch.Tensor:
     """Class probabilities (N×n) for the given pixels, in large batches."""
     model.eval()
     out = []
     for start in range(0, len(ys), batch):
-        y, x = ys[start:start + batch], xs[start:start + batch]
+        y, x = ys[start : start + batch], xs[start : start + batch]
         out.append(model.probabilities(source.patches(y, x), source.coords(y, x)))
     return torch.cat(out) if out else torch.zeros(0, model.num_classes, device=source.device)
 
 
-def estimate_superpixels(model: DeepProp, source: PatchSource, labels: np.ndarray,
-                         centers: np.ndarray) -> np.ndarray:
+def estimate_superpixels(
+    model: DeepProp, source: PatchSource, labels: np.ndarray, centers: np.ndarray
+) -> np.ndarray:
     """Superpixel-wise estimation (Sec. 5.1): one forward pass per superpixel center → H×W×n."""
     ys = torch.from_numpy(np.clip(np.rint(centers[:, 0]), 0, source.height - 1).astype(np.int64))
     xs = torch.from_numpy(np.clip(np.rint(centers[:, 1]), 0, source.width - 1).astype(np.int64))
@@ -101,7 +108,7 @@ def estimate_pixels(model: DeepProp, source: PatchSource, progress=None, batch: 
     for y0 in range(0, h, rows_per_chunk):
         y1 = min(h, y0 + rows_per_chunk)
         ys, xs = torch.meshgrid(torch.arange(y0, y1), torch.arange(w), indexing="ij")
-        out[y0 * w:y1 * w] = predict(model, source, ys.reshape(-1), xs.reshape(-1), batch).cpu().numpy()
+        out[y0 * w : y1 * w] = predict(model, source, ys.reshape(-1), xs.reshape(-1), batch).cpu().numpy()
         if progress is not None:
             progress(y1 / h)
     return out.reshape(h, w, -1)

@@ -20,7 +20,7 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class TrainingLog:
-    pretrain_errors: list[float] = field(default_factory=list)   # per epoch, error / |Ω'|
+    pretrain_errors: list[float] = field(default_factory=list)  # per epoch, error / |Ω'|
     train_errors: list[float] = field(default_factory=list)
     samples: int = 0
     stop_reason: str = ""
@@ -30,8 +30,9 @@ class TrainingLog:
         return len(self.pretrain_errors) + len(self.train_errors)
 
 
-def sample_training_set(labels: np.ndarray, ratio: float, generator: np.random.Generator,
-                        min_per_class: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_training_set(
+    labels: np.ndarray, ratio: float, generator: np.random.Generator, min_per_class: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ω': a random ``ratio`` of the stroke pixels (each class keeps at least ``min_per_class`` pixels
     or all it has, so a short stroke is not lost to the 10% draw)."""
     ys, xs = np.nonzero(labels >= 0)
@@ -45,9 +46,16 @@ def sample_training_set(labels: np.ndarray, ratio: float, generator: np.random.G
     return ys[keep], xs[keep], cls[keep]
 
 
-def train_stage(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor,
-                cfg: DeepPropConfig, generator: torch.Generator, errors: list[float],
-                on_epoch: Callable[[int, float], None] | None = None) -> str:
+def train_stage(
+    model: DeepProp,
+    patches: torch.Tensor,
+    coords: torch.Tensor | None,
+    targets: torch.Tensor,
+    cfg: DeepPropConfig,
+    generator: torch.Generator,
+    errors: list[float],
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> str:
     """Adam on mini-batches until E < ε|Ω'| or E rises by more than γ|Ω'| (Algorithm 1).
 
     E is the summed cross-entropy over Ω' with the parameters at the end of the epoch (one
@@ -67,7 +75,7 @@ def train_stage(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | N
         order = torch.cat([torch.randperm(n, generator=generator) for _ in range(repeats)]).to(targets.device)
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             logits = model(patches[idx], None if coords is None else coords[idx])
             loss = F.cross_entropy(logits, targets[idx], reduction="sum")
             optimizer.zero_grad(set_to_none=True)
@@ -91,8 +99,9 @@ def train_stage(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | N
 
 
 @torch.no_grad()
-def epoch_error(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor,
-                batch: int) -> float:
+def epoch_error(
+    model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor, batch: int
+) -> float:
     total = 0.0
     for start in range(0, len(targets), batch):
         sl = slice(start, start + batch)
@@ -101,9 +110,15 @@ def epoch_error(model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | N
     return total
 
 
-def learn(model: DeepProp | None, source: PatchSource, labels: np.ndarray, cfg: DeepPropConfig,
-          seed: int = 0, pretrain: bool | None = None,
-          progress: Progress | None = None) -> tuple[DeepProp, TrainingLog]:
+def learn(
+    model: DeepProp | None,
+    source: PatchSource,
+    labels: np.ndarray,
+    cfg: DeepPropConfig,
+    seed: int = 0,
+    pretrain: bool | None = None,
+    progress: Progress | None = None,
+) -> tuple[DeepProp, TrainingLog]:
     """Algorithm 1. ``model=None`` builds and pre-trains a fresh network; a given model (already
     resized to the current classes) is refined from its parameters without pre-training."""
     num_classes = int(labels.max()) + 1
@@ -127,16 +142,33 @@ def learn(model: DeepProp | None, source: PatchSource, labels: np.ndarray, cfg: 
             if progress is not None:
                 done = min(1.0, (epoch + 1) / max(1, cfg.max_epochs) * 4)  # most runs stop within ~¼ cap
                 progress(base + span * done, f"{stage}: epoch {epoch + 1}, error {error:.3f}")
+
         return on_epoch
 
     if pretrain:
         # Pre-training: VFE + FC_v + LE, no SFE, so the features first learn appearance alone.
-        train_stage(model, patches, None, targets, cfg, torch_gen, log.pretrain_errors,
-                    report("Pre-training", 0.0, 0.4))
+        train_stage(
+            model,
+            patches,
+            None,
+            targets,
+            cfg,
+            torch_gen,
+            log.pretrain_errors,
+            report("Pre-training", 0.0, 0.4),
+        )
         # The whole network starts as the pre-trained one: W_cs = 0 until training moves it, so
         # switching the SFE on does not scramble the features learned from appearance.
         nn.init.zeros_(model.fc_s.weight)
-    log.stop_reason = train_stage(model, patches, coords, targets, cfg, torch_gen, log.train_errors,
-                                  report("Training", 0.4 if pretrain else 0.0, 0.6 if pretrain else 1.0))
+    log.stop_reason = train_stage(
+        model,
+        patches,
+        coords,
+        targets,
+        cfg,
+        torch_gen,
+        log.train_errors,
+        report("Training", 0.4 if pretrain else 0.0, 0.6 if pretrain else 1.0),
+    )
     model.eval()
     return model, log

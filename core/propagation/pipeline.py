@@ -34,8 +34,8 @@ PIXELS_PER_SUPERPIXEL = 100  # default density: S ≈ 10 px
 @dataclass(frozen=True)
 class PropagationOptions:
     mode: str = "masks"
-    superpixels: int = 0            # number of SLIC superpixels; 0 = one per 100 pixels
-    per_pixel: bool = False         # per-pixel estimation instead of superpixel-wise
+    superpixels: int = 0  # number of SLIC superpixels; 0 = one per 100 pixels
+    per_pixel: bool = False  # per-pixel estimation instead of superpixel-wise
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     fg: RGB = DEFAULT_FG
     bg: RGB = DEFAULT_BG
@@ -67,9 +67,9 @@ class ImageState:
 
 @dataclass
 class PropagationResult:
-    output: np.ndarray              # colorize/recolor: H×W×3 RGB; select: H×W; masks: H×W×n (floats in [0, 1])
-    probabilities: np.ndarray       # raw estimate H×W×n (before post-processing)
-    colors: np.ndarray              # n×3 u8 class colors
+    output: np.ndarray  # colorize/recolor: H×W×3 RGB; select: H×W; masks: H×W×n (floats in [0, 1])
+    probabilities: np.ndarray  # raw estimate H×W×n (before post-processing)
+    colors: np.ndarray  # n×3 u8 class colors
     log: TrainingLog | None
     incremental: bool
     timings: dict[str, float]
@@ -80,14 +80,22 @@ def image_fingerprint(rgb: np.ndarray) -> str:
     return f"{rgb.shape[0]}x{rgb.shape[1]}:{digest[:16]}"
 
 
-def new_state(rgb: np.ndarray, device: torch.device | str = "cpu", fingerprint: str | None = None) -> ImageState:
-    return ImageState(fingerprint or image_fingerprint(rgb), PatchSource.from_image(rgb, device=device),
-                      rgb_to_lab(rgb))
+def new_state(
+    rgb: np.ndarray, device: torch.device | str = "cpu", fingerprint: str | None = None
+) -> ImageState:
+    return ImageState(
+        fingerprint or image_fingerprint(rgb), PatchSource.from_image(rgb, device=device), rgb_to_lab(rgb)
+    )
 
 
-def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, state: ImageState | None = None,
-              progress: Progress | None = None, device: torch.device | str = "cpu",
-              ) -> tuple[PropagationResult, ImageState]:
+def propagate(
+    rgb: np.ndarray,
+    strokes: Strokes,
+    options: PropagationOptions,
+    state: ImageState | None = None,
+    progress: Progress | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[PropagationResult, ImageState]:
     """rgb: H×W×3 float in [0, 1]; strokes at the same size. Returns the result and the state to keep."""
     report = progress or (lambda fraction, text: None)
     timings: dict[str, float] = {}
@@ -95,12 +103,18 @@ def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, st
     if options.mode not in apps.MODES:
         raise bad_input(f"Unknown mode '{options.mode}'; choose one of {', '.join(apps.MODES)}.")
     if strokes.labels.shape != rgb.shape[:2]:
-        raise bad_input(f"The strokes are {strokes.labels.shape[1]}×{strokes.labels.shape[0]} but the image is "
-                        f"{rgb.shape[1]}×{rgb.shape[0]}; they must have the same size.")
+        raise bad_input(
+            f"The strokes are {strokes.labels.shape[1]}×{strokes.labels.shape[0]} but the image is "
+            f"{rgb.shape[1]}×{rgb.shape[0]}; they must have the same size."
+        )
     if strokes.num_classes < 2:
-        raise bad_input("Only one stroke class was found. Draw strokes in at least two colors (e.g. one on the "
-                        "object and one on the background) so there is something to tell apart.")
-    is_fg = apps.foreground_classes(strokes.colors, options.fg, options.bg) if options.mode == "select" else None
+        raise bad_input(
+            "Only one stroke class was found. Draw strokes in at least two colors (e.g. one on the "
+            "object and one on the background) so there is something to tell apart."
+        )
+    is_fg = (
+        apps.foreground_classes(strokes.colors, options.fg, options.bg) if options.mode == "select" else None
+    )
 
     fingerprint = image_fingerprint(rgb)
     if state is None or state.fingerprint != fingerprint:
@@ -123,8 +137,14 @@ def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, st
             # A copy, so a cancelled or failed run leaves the kept network and its class keys intact.
             model = copy.deepcopy(state.model)
             model.resize_classes([state.class_keys.index(k) if k in state.class_keys else None for k in keys])
-        model, log = learn(model, state.source, strokes.labels, cfg, seed=options.seed,
-                           progress=lambda f, t: report(0.05 + 0.65 * f, t))
+        model, log = learn(
+            model,
+            state.source,
+            strokes.labels,
+            cfg,
+            seed=options.seed,
+            progress=lambda f, t: report(0.05 + 0.65 * f, t),
+        )
     state.model, state.class_keys, state.strokes_digest = model, keys, digest
     timings["learn"] = time.perf_counter() - clock
 
@@ -133,7 +153,9 @@ def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, st
     h, w = rgb.shape[:2]
     if options.per_pixel:
         report(0.72, "Estimating every pixel")
-        probs = estimate_pixels(model, state.source, lambda f: report(0.72 + 0.13 * f, "Estimating every pixel"))
+        probs = estimate_pixels(
+            model, state.source, lambda f: report(0.72 + 0.13 * f, "Estimating every pixel")
+        )
         radius = options.smoothing.radius or 2.0
     else:
         report(0.72, "Superpixels")
@@ -157,6 +179,7 @@ def propagate(rgb: np.ndarray, strokes: Strokes, options: PropagationOptions, st
             iterations.append(its)
             return out
     else:
+
         def smoother(values: np.ndarray) -> np.ndarray:
             return values
 

@@ -19,17 +19,18 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class SlicResult:
-    labels: np.ndarray     # H×W int64, 0..n-1 (every label used)
-    centers: np.ndarray    # n×2 float (y, x): mean position of each superpixel
-    spacing: float         # grid interval S in pixels
+    labels: np.ndarray  # H×W int64, 0..n-1 (every label used)
+    centers: np.ndarray  # n×2 float (y, x): mean position of each superpixel
+    spacing: float  # grid interval S in pixels
 
     @property
     def count(self) -> int:
         return len(self.centers)
 
 
-def slic(lab: np.ndarray | torch.Tensor, n_segments: int, compactness: float = 10.0,
-         iterations: int = 10) -> SlicResult:
+def slic(
+    lab: np.ndarray | torch.Tensor, n_segments: int, compactness: float = 10.0, iterations: int = 10
+) -> SlicResult:
     """lab: H×W×3 CIELab (or any H×W×C features in similar units) → superpixels.
 
     D² = d_lab² + (m / S)² d_xy² with m = ``compactness`` and S = √(HW / n_segments), as in SLIC.
@@ -48,8 +49,9 @@ def slic(lab: np.ndarray | torch.Tensor, n_segments: int, compactness: float = 1
 
     ys = torch.arange(h, dtype=torch.float32) * xy_scale
     xs = torch.arange(w, dtype=torch.float32) * xy_scale
-    planes = torch.cat([feats.permute(2, 0, 1), ys.view(1, h, 1).expand(1, h, w),
-                        xs.view(1, 1, w).expand(1, h, w)])                      # (c+2)×H×W
+    planes = torch.cat(
+        [feats.permute(2, 0, 1), ys.view(1, h, 1).expand(1, h, w), xs.view(1, 1, w).expand(1, h, w)]
+    )  # (c+2)×H×W
     d = c + 2
     # Pad to whole cells (replicated edges, excluded from the center updates by ``valid``).
     planes = F.pad(planes[None], (0, wp - w, 0, hp - h), mode="replicate")[0]
@@ -66,15 +68,15 @@ def slic(lab: np.ndarray | torch.Tensor, n_segments: int, compactness: float = 1
             ny = (cell_y + dy).clamp(0, gh - 1)
             nx = (cell_x + dx).clamp(0, gw - 1)
             cand.append(ny[:, None] * gw + nx[None, :])
-    cand = torch.stack(cand, -1)                                                # gh×gw×9
+    cand = torch.stack(cand, -1)  # gh×gw×9
     centers = blocks[:, :, (sy // 2) * sx + sx // 2, :].reshape(gh * gw, d).clone()
 
     flat_pixels = blocks.reshape(-1, d)
     labels = None
     for _ in range(iterations):
-        cf = centers[cand]                                                      # gh×gw×9×d
+        cf = centers[cand]  # gh×gw×9×d
         score = torch.matmul(blocks, cf.transpose(2, 3)).mul_(-2).add_(cf.square().sum(-1)[:, :, None, :])
-        choice = score.argmin(-1)                                               # gh×gw×npix
+        choice = score.argmin(-1)  # gh×gw×npix
         labels = torch.gather(cand, 2, choice).reshape(-1)
         sums = torch.zeros(gh * gw, d).index_add_(0, labels, flat_pixels * valid_blocks[:, None])
         counts = torch.zeros(gh * gw).index_add_(0, labels, valid_blocks)

@@ -23,10 +23,10 @@ import scipy.sparse as sp
 
 @dataclass(frozen=True)
 class SmoothingConfig:
-    strength: float = 1.0       # λ of Eq. 15; 0 turns post-processing off
-    sigma: float = 6.0          # σ of the edge affinity, CIELab units
+    strength: float = 1.0  # λ of Eq. 15; 0 turns post-processing off
+    sigma: float = 6.0  # σ of the edge affinity, CIELab units
     radius: float | None = None  # eroded band half-width in pixels; None: a quarter superpixel interval
-    tolerance: float = 1e-3     # relative residual of the CG solve
+    tolerance: float = 1e-3  # relative residual of the CG solve
     max_iterations: int = 500
 
 
@@ -37,8 +37,8 @@ class EdgeGraph:
         h, w = lab.shape[:2]
         lab = lab.astype(np.float32, copy=False)
         inv = np.float32(-0.5 / (sigma * sigma))
-        wh = np.exp(np.square(lab[:, 1:] - lab[:, :-1]).sum(-1) * inv)   # H×(W−1), right neighbors
-        wv = np.exp(np.square(lab[1:] - lab[:-1]).sum(-1) * inv)         # (H−1)×W, lower neighbors
+        wh = np.exp(np.square(lab[:, 1:] - lab[:, :-1]).sum(-1) * inv)  # H×(W−1), right neighbors
+        wv = np.exp(np.square(lab[1:] - lab[:-1]).sum(-1) * inv)  # (H−1)×W, lower neighbors
         n = h * w
         idx = np.arange(n, dtype=np.int64).reshape(h, w)
         rows = np.concatenate([idx[:, :-1].ravel(), idx[:-1].ravel()])
@@ -69,8 +69,12 @@ def eroded_edge_weights(hard_labels: np.ndarray, radius: float) -> np.ndarray:
     return weights
 
 
-def smooth(graph: EdgeGraph, values: np.ndarray, data_weights: np.ndarray, cfg: SmoothingConfig,
-           ) -> tuple[np.ndarray, int]:
+def smooth(
+    graph: EdgeGraph,
+    values: np.ndarray,
+    data_weights: np.ndarray,
+    cfg: SmoothingConfig,
+) -> tuple[np.ndarray, int]:
     """Solve (W + λL) x = W y for each channel of ``values`` (H×W×C) → (x as float32 H×W×C, CG iterations)."""
     h, w = graph.shape
     y = values.reshape(h * w, -1).astype(np.float32)

@@ -86,7 +86,7 @@ def color_from_name(name: str, fg: RGB = DEFAULT_FG, bg: RGB = DEFAULT_BG) -> RG
     if any(t in BG_WORDS for t in tokens):
         return bg
     for i, token in enumerate(tokens):
-        for joined in ("".join(tokens[i:i + 3]), "".join(tokens[i:i + 2]), token):
+        for joined in ("".join(tokens[i : i + 3]), "".join(tokens[i : i + 2]), token):
             if joined in CSS_COLORS:
                 return CSS_COLORS[joined]
     return None
@@ -112,7 +112,7 @@ class StrokePath:
     name: str
     polylines: list[np.ndarray] = field(default_factory=list)
     closed: list[bool] = field(default_factory=list)
-    fallback_color: RGB | None = None   # the color tag (GIMP) or the SVG stroke attribute
+    fallback_color: RGB | None = None  # the color tag (GIMP) or the SVG stroke attribute
 
     def color(self, fg: RGB = DEFAULT_FG, bg: RGB = DEFAULT_BG) -> RGB:
         color = color_from_name(self.name, fg, bg)
@@ -153,8 +153,14 @@ def paths_from_params(items: list, offset: tuple[float, float] = (0.0, 0.0)) -> 
     return paths
 
 
-def rasterize_paths(paths: list[StrokePath], height: int, width: int, brush_width: float,
-                    fg: RGB = DEFAULT_FG, bg: RGB = DEFAULT_BG) -> np.ndarray:
+def rasterize_paths(
+    paths: list[StrokePath],
+    height: int,
+    width: int,
+    brush_width: float,
+    fg: RGB = DEFAULT_FG,
+    bg: RGB = DEFAULT_BG,
+) -> np.ndarray:
     """Draw each path's polylines with a round brush of ``brush_width`` pixels → H×W×4 u8 scribbles.
 
     Drawn without antialiasing so each path keeps exactly one color. Raises a message naming any
@@ -244,7 +250,7 @@ def parse_path_data(d: str, curve_steps: int = 16) -> list[tuple[np.ndarray, boo
 
     def take(n: int) -> np.ndarray:
         nonlocal i
-        vals = tokens[i:i + n]
+        vals = tokens[i : i + n]
         if len(vals) < n or any(v.isalpha() for v in vals):
             raise bad_input("SVG path data ends in the middle of a command.")
         i += n
@@ -300,7 +306,7 @@ def parse_path_data(d: str, curve_steps: int = 16) -> list[tuple[np.ndarray, boo
             else:
                 p1 = 2 * cur - last_ctrl if last_ctrl is not None else cur.copy()
             p2, p3 = base + take(2), base + take(2)
-            curve = ((1 - t) ** 3 * cur + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3)
+            curve = (1 - t) ** 3 * cur + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
             points.extend(map(tuple, curve))
             cur, last_ctrl = p3, p2
         elif c in "QT":
@@ -309,7 +315,7 @@ def parse_path_data(d: str, curve_steps: int = 16) -> list[tuple[np.ndarray, boo
             else:
                 p1 = 2 * cur - last_ctrl if last_ctrl is not None else cur.copy()
             p2 = base + take(2)
-            curve = (1 - t) ** 2 * cur + 2 * (1 - t) * t * p1 + t ** 2 * p2
+            curve = (1 - t) ** 2 * cur + 2 * (1 - t) * t * p1 + t**2 * p2
             points.extend(map(tuple, curve))
             cur, last_ctrl = p2, p1
         elif c == "A":
@@ -339,8 +345,9 @@ class Strokes:
         return [rgb_hex(tuple(int(v) for v in c)) for c in self.colors]
 
 
-def labels_from_scribbles(scribbles: np.ndarray, alpha_threshold: int = 128,
-                          merge_distance: float = 48.0, min_pixels: int = 8) -> Strokes:
+def labels_from_scribbles(
+    scribbles: np.ndarray, alpha_threshold: int = 128, merge_distance: float = 48.0, min_pixels: int = 8
+) -> Strokes:
     """Scribble raster (H×W×4 RGBA) → Strokes.
 
     Pixels with alpha ≥ ``alpha_threshold`` are strokes; each distinct color is a class. Colors
@@ -351,12 +358,15 @@ def labels_from_scribbles(scribbles: np.ndarray, alpha_threshold: int = 128,
         raise bad_input("The scribble layer must be RGB or RGBA (transparent pixels mean 'no stroke').")
     if scribbles.dtype != np.uint8:
         from core.imaging.io import to_uint8
+
         scribbles = to_uint8(scribbles)
     if scribbles.shape[2] == 4:
         mask = scribbles[..., 3] >= alpha_threshold
     else:
-        raise bad_input("The scribble layer has no alpha channel, so every pixel would be a stroke. "
-                        "Add an alpha channel and paint strokes on a transparent layer.")
+        raise bad_input(
+            "The scribble layer has no alpha channel, so every pixel would be a stroke. "
+            "Add an alpha channel and paint strokes on a transparent layer."
+        )
     labels = np.full(scribbles.shape[:2], -1, np.int32)
     if not mask.any():
         raise bad_input("The scribble layer has no strokes (all of it is transparent).")

@@ -24,74 +24,117 @@ from semantic_protocol import Array, bad_input  # noqa: E402
 
 PATHS = "plug-in-semantic-propagate-paths"
 SCRIBBLES = "plug-in-semantic-propagate-scribbles"
-MODES = (("colorize", "Colorize (strokes' colors, image's lightness)"),
-         ("recolor", "Recolor (strokes' hue and chroma)"),
-         ("select", "Select (fg/bg strokes → selection)"),
-         ("masks", "Masks (one channel per stroke color)"))
+MODES = (
+    ("colorize", "Colorize (strokes' colors, image's lightness)"),
+    ("recolor", "Recolor (strokes' hue and chroma)"),
+    ("select", "Select (fg/bg strokes → selection)"),
+    ("masks", "Masks (one channel per stroke color)"),
+)
 # GIMP's color tags (Layers/Paths dialog) as stroke colors: the tag's swatch color.
 COLOR_TAGS = {
-    "BLUE": "#5475b9", "GREEN": "#72a05a", "YELLOW": "#e3c63c", "ORANGE": "#e1873d",
-    "BROWN": "#9b6a3c", "RED": "#d13c3c", "VIOLET": "#9f5bc2", "GRAY": "#808080",
+    "BLUE": "#5475b9",
+    "GREEN": "#72a05a",
+    "YELLOW": "#e3c63c",
+    "ORANGE": "#e1873d",
+    "BROWN": "#9b6a3c",
+    "RED": "#d13c3c",
+    "VIOLET": "#9f5bc2",
+    "GRAY": "#808080",
 }
 INTERPOLATION_PRECISION = 0.5
 
 
 def _common_arguments(procedure):
-    procedure.add_choice_argument("mode", "_Mode", "What to do with the strokes", choice(*MODES), "colorize", RW)
-    procedure.add_int_argument("superpixels", "Super_pixels",
-                               "Number of SLIC superpixels (0 = one per 100 pixels; more = finer, slower)",
-                               0, 1_000_000, 0, RW)
-    procedure.add_double_argument("smoothing", "S_moothing",
-                                  "Edge-aware post-processing strength (0 = off)", 0.0, 100.0, 1.0, RW)
-    procedure.add_boolean_argument("per-pixel", "_Per-pixel estimation",
-                                   "Estimate every pixel instead of every superpixel (slower)", False, RW)
-    procedure.add_string_argument("fg-color", "_Foreground color", "Select mode: foreground stroke color",
-                                  "#ff0000", RW)
-    procedure.add_string_argument("bg-color", "_Background color", "Select mode: background stroke color",
-                                  "#0000ff", RW)
+    procedure.add_choice_argument(
+        "mode", "_Mode", "What to do with the strokes", choice(*MODES), "colorize", RW
+    )
+    procedure.add_int_argument(
+        "superpixels",
+        "Super_pixels",
+        "Number of SLIC superpixels (0 = one per 100 pixels; more = finer, slower)",
+        0,
+        1_000_000,
+        0,
+        RW,
+    )
+    procedure.add_double_argument(
+        "smoothing", "S_moothing", "Edge-aware post-processing strength (0 = off)", 0.0, 100.0, 1.0, RW
+    )
+    procedure.add_boolean_argument(
+        "per-pixel",
+        "_Per-pixel estimation",
+        "Estimate every pixel instead of every superpixel (slower)",
+        False,
+        RW,
+    )
+    procedure.add_string_argument(
+        "fg-color", "_Foreground color", "Select mode: foreground stroke color", "#ff0000", RW
+    )
+    procedure.add_string_argument(
+        "bg-color", "_Background color", "Select mode: background stroke color", "#0000ff", RW
+    )
 
 
 def create_paths(plugin, name):
     procedure = image_procedure(
-        plugin, name, run_paths, "Propagate _Path Strokes...",
+        plugin,
+        name,
+        run_paths,
+        "Propagate _Path Strokes...",
         "Spread edits drawn as paths over the layer (DeepProp)",
         "Each path is a stroke; its color comes from its name (#rrggbb or a color name such as 'sky blue', "
         "or fg/bg for Select) or its color tag. A small network learns this image from the strokes and "
         "propagates them: Colorize and Recolor add a new layer, Select sets the selection, Masks adds one "
-        "channel per color. Run it again after editing a path: the trained network is reused.")
+        "channel per color. Run it again after editing a path: the trained network is reused.",
+    )
     _common_arguments(procedure)
-    procedure.add_double_argument("brush-width", "_Brush width", "Width of the path strokes in pixels",
-                                  1.0, 500.0, 5.0, RW)
+    procedure.add_double_argument(
+        "brush-width", "_Brush width", "Width of the path strokes in pixels", 1.0, 500.0, 5.0, RW
+    )
     return procedure
 
 
 def create_scribbles(plugin, name):
     procedure = image_procedure(
-        plugin, name, run_scribbles, "Propagate _Scribble Layer...",
+        plugin,
+        name,
+        run_scribbles,
+        "Propagate _Scribble Layer...",
         "Spread edits painted on a transparent layer over the active layer (DeepProp)",
         "Paint strokes on a transparent layer above the photo (one color per region), select the photo "
         "layer and run this. Transparent pixels mean 'no stroke'. Colorize and Recolor add a new layer, "
-        "Select sets the selection (red = foreground, blue = background by default), Masks adds channels.")
+        "Select sets the selection (red = foreground, blue = background by default), Masks adds channels.",
+    )
     _common_arguments(procedure)
-    procedure.add_layer_argument("scribble-layer", "Scribble _layer",
-                                 "The layer with the strokes (empty: the layer directly above)", True, RW)
+    procedure.add_layer_argument(
+        "scribble-layer",
+        "Scribble _layer",
+        "The layer with the strokes (empty: the layer directly above)",
+        True,
+        RW,
+    )
     return procedure
 
 
 def _params(config, image, drawable) -> dict:
-    return {"mode": config.get_property("mode"), "superpixels": int(config.get_property("superpixels")),
-            "smoothing": float(config.get_property("smoothing")),
-            "per_pixel": bool(config.get_property("per-pixel")),
-            "fg_color": config.get_property("fg-color") or "#ff0000",
-            "bg_color": config.get_property("bg-color") or "#0000ff",
-            "image_key": f"gimp:{image.get_id()}:{drawable.get_id()}"}
+    return {
+        "mode": config.get_property("mode"),
+        "superpixels": int(config.get_property("superpixels")),
+        "smoothing": float(config.get_property("smoothing")),
+        "per_pixel": bool(config.get_property("per-pixel")),
+        "fg_color": config.get_property("fg-color") or "#ff0000",
+        "bg_color": config.get_property("bg-color") or "#0000ff",
+        "image_key": f"gimp:{image.get_id()}:{drawable.get_id()}",
+    }
 
 
 def path_payload(image) -> list[dict]:
     paths = image.get_paths()
     if not paths:
-        raise bad_input("This image has no paths. Draw at least two paths with the Paths tool, each named "
-                        "with a color (e.g. 'sky #4080ff', 'grass green', or 'fg'/'bg' for Select).")
+        raise bad_input(
+            "This image has no paths. Draw at least two paths with the Paths tool, each named "
+            "with a color (e.g. 'sky #4080ff', 'grass green', or 'fg'/'bg' for Select)."
+        )
     payload = []
     for path in paths:
         strokes = []
@@ -112,8 +155,11 @@ def run_paths(procedure, image, drawable, config):
     params = _params(config, image, drawable)
     _check_mode(image, params["mode"])
     pixels = read_drawable(image, drawable)
-    params.update(paths=path_payload(image), offset=[pixels.offset_x, pixels.offset_y],
-                  brush_width=float(config.get_property("brush-width")))
+    params.update(
+        paths=path_payload(image),
+        offset=[pixels.offset_x, pixels.offset_y],
+        brush_width=float(config.get_property("brush-width")),
+    )
     _run(image, drawable, pixels, params, [pixels.array], "paths")
 
 
@@ -122,8 +168,10 @@ def run_scribbles(procedure, image, drawable, config):
     _check_mode(image, params["mode"])
     scribble = config.get_property("scribble-layer") or _layer_above(image, drawable)
     if scribble is None:
-        raise bad_input("No scribble layer: add a transparent layer directly above this one and paint the "
-                        "strokes on it, or pick the scribble layer in the dialog.")
+        raise bad_input(
+            "No scribble layer: add a transparent layer directly above this one and paint the "
+            "strokes on it, or pick the scribble layer in the dialog."
+        )
     if scribble.get_id() == drawable.get_id():
         raise bad_input("The scribble layer is the active layer. Select the photo layer and run this again.")
     pixels = read_drawable(image, drawable)
@@ -143,8 +191,10 @@ def _layer_above(image, drawable):
 
 def _check_mode(image, mode: str) -> None:
     if mode in ("colorize", "recolor") and image.get_base_type() != Gimp.ImageBaseType.RGB:
-        raise bad_input(f"{mode.capitalize()} makes color: convert the image with Image > Mode > RGB first "
-                        "(the gray values are kept as lightness).")
+        raise bad_input(
+            f"{mode.capitalize()} makes color: convert the image with Image > Mode > RGB first "
+            "(the gray values are kept as lightness)."
+        )
 
 
 def _run(image, drawable, pixels, params: dict, arrays: list, source: str) -> None:
@@ -157,14 +207,20 @@ def _run(image, drawable, pixels, params: dict, arrays: list, source: str) -> No
         progress.end()
     out = result.arrays
     colors = bytes(out["class_colors"].data)
-    hexes = ["#" + colors[i:i + 3].hex() for i in range(0, len(colors), 3)]
+    hexes = ["#" + colors[i : i + 3].hex() for i in range(0, len(colors), 3)]
     with undo_group(image):
         if mode in ("colorize", "recolor"):
-            add_result_layer(image, drawable, pixels, out["image"],
-                             f"{drawable.get_name()} {mode}d ({len(hexes)} strokes from {source})")
+            add_result_layer(
+                image,
+                drawable,
+                pixels,
+                out["image"],
+                f"{drawable.get_name()} {mode}d ({len(hexes)} strokes from {source})",
+            )
         elif mode == "select":
-            channel = _add_channel(image, pixels, f"Propagated selection ({source})", "#ff0000",
-                                   bytes(out["mask"].data), 0)
+            channel = _add_channel(
+                image, pixels, f"Propagated selection ({source})", "#ff0000", bytes(out["mask"].data), 0
+            )
             image.select_item(Gimp.ChannelOps.REPLACE, channel)
         else:
             masks = bytes(out["masks"].data)
@@ -175,11 +231,15 @@ def _run(image, drawable, pixels, params: dict, arrays: list, source: str) -> No
 
 
 def _add_channel(image, pixels, name: str, color: str, data: bytes, position: int):
-    channel = Gimp.Channel.new(image, name, image.get_width(), image.get_height(), 50.0, Gegl.Color.new(color))
+    channel = Gimp.Channel.new(
+        image, name, image.get_width(), image.get_height(), 50.0, Gegl.Color.new(color)
+    )
     channel.set_visible(False)
     image.insert_channel(channel, None, position)
     buffer = channel.get_buffer()
-    buffer.set(Gegl.Rectangle.new(pixels.offset_x, pixels.offset_y, pixels.width, pixels.height), "Y u8", data)
+    buffer.set(
+        Gegl.Rectangle.new(pixels.offset_x, pixels.offset_y, pixels.width, pixels.height), "Y u8", data
+    )
     buffer.flush()
     channel.update(0, 0, image.get_width(), image.get_height())
     return channel

@@ -69,21 +69,27 @@ def daemon():
 
 def test_two_paths_colorize_into_a_new_layer(daemon):
     gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
-    script = BUILD_IMAGE + """
+    script = (
+        BUILD_IMAGE
+        + """
 add_path("rock #2060ff", [(30, 20), (40, 50), (45, 85)])
 add_path("sand orange", [(110, 20), (120, 50), (130, 85)])
 n_before = len(image.get_layers())
-""" + call_procedure('cfg.set_property("mode", "colorize"); cfg.set_property("brush-width", 5.0)') + """
+"""
+        + call_procedure('cfg.set_property("mode", "colorize"); cfg.set_property("brush-width", 5.0)')
+        + """
 top = image.get_layers()[0]
 ok, ox, oy = top.get_offsets()
+rect = Gegl.Rectangle.new(0, 0, 140, 100)
 with open(RESULT_PATH + ".result", "wb") as f:
-    f.write(top.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
+    f.write(top.get_buffer().get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
 with open(RESULT_PATH + ".source", "wb") as f:
-    f.write(layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
+    f.write(layer.get_buffer().get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
 save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
              "layers_before": n_before, "layers_after": len(image.get_layers()),
              "name": top.get_name(), "offsets": [ox, oy], "size": [top.get_width(), top.get_height()]})
 """
+    )
     run = gimp.run(script, timeout=600)
     assert run.result, run.output
     assert run.result["ok"], run.result["message"] + run.output[-2000:]
@@ -104,17 +110,22 @@ save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
 
 def test_select_mode_sets_the_selection(daemon):
     gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
-    script = BUILD_IMAGE + """
+    script = (
+        BUILD_IMAGE
+        + """
 add_path("fg", [(110, 20), (120, 50), (130, 85)])
 add_path("bg", [(30, 20), (40, 50), (45, 85)])
 n_channels = len(image.get_channels())
-""" + call_procedure('cfg.set_property("mode", "select")') + """
+"""
+        + call_procedure('cfg.set_property("mode", "select")')
+        + """
 with open(RESULT_PATH + ".mask", "wb") as f:
     f.write(image.get_selection().get_buffer().get(Gegl.Rectangle.new(10, 6, 140, 100), 1.0, "Y u8",
                                                    Gegl.AbyssPolicy.NONE))
 save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
              "channels_added": len(image.get_channels()) - n_channels})
 """
+    )
     run = gimp.run(script, timeout=600)
     assert run.result, run.output
     assert run.result["ok"], run.result["message"] + run.output[-2000:]
@@ -124,24 +135,36 @@ save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
     assert (mask[:, 80:] > 127).mean() > 0.95 and (mask[:, :60] < 128).mean() > 0.95
 
 
-@pytest.mark.parametrize("paths, expected", [
-    ([], "no paths"),
-    ([("rock #2060ff", [(30, 20), (40, 80)])], "one stroke class"),
-    ([("rock #2060ff", [(30, 20), (40, 80)]), ("mystery", [(110, 20), (120, 80)])], "mystery"),
-    ([("rock #2060ff", [(30, 20), (40, 80)]), ("far red", [(400, 300), (420, 330)])], "outside the layer"),
-])
+@pytest.mark.parametrize(
+    "paths, expected",
+    [
+        ([], "no paths"),
+        ([("rock #2060ff", [(30, 20), (40, 80)])], "one stroke class"),
+        ([("rock #2060ff", [(30, 20), (40, 80)]), ("mystery", [(110, 20), (120, 80)])], "mystery"),
+        (
+            [("rock #2060ff", [(30, 20), (40, 80)]), ("far red", [(400, 300), (420, 330)])],
+            "outside the layer",
+        ),
+    ],
+)
 def test_bad_paths_report_and_change_nothing(daemon, paths, expected):
     gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
     adds = "\n".join(f"add_path({name!r}, {pts!r})" for name, pts in paths)
-    script = BUILD_IMAGE + adds + """
+    script = (
+        BUILD_IMAGE
+        + adds
+        + """
 before = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
 n_before, c_before = len(image.get_layers()), len(image.get_channels())
-""" + call_procedure('cfg.set_property("mode", "colorize")') + """
+"""
+        + call_procedure('cfg.set_property("mode", "colorize")')
+        + """
 after = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 140, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
 save_result({"success": status == Gimp.PDBStatusType.SUCCESS, "message": message,
              "unchanged": bytes(before) == bytes(after) and len(image.get_layers()) == n_before
                           and len(image.get_channels()) == c_before})
 """
+    )
     run = gimp.run(script, timeout=600)
     assert run.result, run.output
     assert not run.result["success"]
@@ -152,8 +175,11 @@ save_result({"success": status == Gimp.PDBStatusType.SUCCESS, "message": message
 
 def test_scribble_layer_masks_become_channels(daemon):
     gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
-    script = BUILD_IMAGE + """
-scribbles = Gimp.Layer.new(image, "scribbles", 160, 120, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    script = (
+        BUILD_IMAGE
+        + """
+scribbles = Gimp.Layer.new(image, "scribbles", 160, 120, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
 image.insert_layer(scribbles, None, 0)
 paint = bytearray(160 * 120 * 4)
 for y in range(20, 100):
@@ -181,6 +207,7 @@ for c in image.get_channels():
 save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message, "names": names,
              "channels_added": len(image.get_channels()) - n_channels})
 """
+    )
     run = gimp.run(script, timeout=600)
     assert run.result, run.output
     assert run.result["ok"], run.result["message"] + run.output[-2000:]
