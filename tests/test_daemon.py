@@ -209,3 +209,36 @@ def test_client_checks_the_limit_before_sending(daemon):
     with pytest.raises(SemanticError) as info:
         run(client, "echo", {}, image=np.zeros((2000, 1500, 4), np.uint8))
     assert info.value.code is ErrorCode.payload_too_large
+
+
+def test_missing_or_corrupt_weights_name_the_file(tmp_path):
+    import shutil
+
+    from core.weights import Manifest, bundled_weights_dir
+
+    bundled = Manifest.load(bundled_weights_dir())
+    if "dih-small" not in bundled.entries:
+        pytest.skip("dih-small is not in weights/manifest.json")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copyfile(bundled.directory / "manifest.json", weights / "manifest.json")
+    shutil.copyfile(bundled.path("dih-small"), weights / bundled.entries["dih-small"].file)
+    target = weights / bundled.entries["dih-small"].file
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    target.write_bytes(bytes(data))
+    running = start_daemon(tmp_path / "state", "--idle-exit", "0",
+                           env=dict(os.environ, SEMANTIC_WEIGHTS_DIR=str(weights)))
+    try:
+        image, mask = sample()
+        with pytest.raises(SemanticError) as info:
+            run(running.client(), "harmonize", {"method": "deep"}, image=image, mask=mask)
+        assert info.value.code is ErrorCode.weights_corrupt and str(target) in info.value.message
+        target.unlink()
+        with pytest.raises(SemanticError) as info:
+            run(running.client(), "harmonize", {"method": "deep"}, image=image, mask=mask)
+        assert info.value.code is ErrorCode.weights_missing and str(target) in info.value.message
+        out = run(running.client(), "harmonize", {"method": "statistics"}, image=image, mask=mask)["image"]
+        assert out.shape == image.shape
+    finally:
+        running.stop()
