@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-payload-mb", type=float, default=2048.0,
                         help="largest request accepted, in MB (default 2048)")
     parser.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for computation (default: PyTorch's choice, one per core)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
@@ -30,6 +32,10 @@ def run(args) -> int:
         print(f"gimp-semantic daemon already running on {running.address}:{running.port} "
               f"(pid {running.pid})", file=sys.stderr)
         return 0
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     log_file = log_dir() / "daemon.log"
     configure_logging(log_file, args.verbose)
     config = DaemonConfig(port=args.port, idle_exit_s=args.idle_exit, model_idle_s=args.model_idle,
