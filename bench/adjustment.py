@@ -85,7 +85,7 @@ def bench_style(style: str, data: str, limit: int, max_side: int, sheet_dir: Pat
         sums["global_baseline"] += lab_distance(shown(apply_global(baseline, lab)), target)
         sums["sa_adjustnet_no_map"] += lab_distance(shown(direct), target)
         sums["sa_adjustnet_map"] += lab_distance(shown(mapped), target)
-        if sheet_dir is not None and i < 6:
+        if sheet_dir is not None and i % max(1, len(samples) // 6) == 0 and len(sheet) < 6:
             index = probabilities.argmax(-1).numpy()
             row = [rgb, PALETTE[index % len(PALETTE)] / 255.0, lab_to_rgb_torch(mapped, dim=-1).numpy(), target_rgb]
             row = [downscale(np.asarray(x, np.float32), 256) for x in row]
