@@ -17,6 +17,15 @@ from core.protocol import SemanticError
 TINY = GridNetConfig(num_classes=5, width=0.25, total_dropout=0.0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread; several threads on a busy machine spin instead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_paper_grid_structure():
     config = GridNetConfig()
     model = GridNet(config)
@@ -57,9 +66,9 @@ def test_rows_are_all_used():
 
 def test_tiny_overfit_reduces_loss():
     torch.manual_seed(0)
-    model = GridNet(TINY)
-    x = torch.randn(2, 1, 32, 32)
-    y = (x[:, 0] > 0).long() + 1 + (torch.arange(32) > 16).long().view(1, 1, 32)
+    model = GridNet(GridNetConfig(num_classes=5, width=0.125, total_dropout=0.0))
+    x = torch.randn(2, 1, 16, 16)
+    y = (x[:, 0] > 0).long() + 1 + (torch.arange(16) > 8).long().view(1, 1, 16)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
