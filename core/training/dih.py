@@ -155,7 +155,13 @@ def train(args: argparse.Namespace) -> None:
         print(f"resumed at step {step} (best val fMSE {best:.1f})", flush=True)
     if state is None and config.global_head and args.head_steps:
         pretrain_statistics_head(model, train_cache, args.head_steps, seed=args.seed)
-        print(json.dumps({"after_head_pretraining": evaluate(model, val_cache, args.val_count)}), flush=True)
+        metrics = dict(evaluate(model, val_cache, args.val_count), step=0, stage="head pre-training")
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        print(json.dumps(metrics), flush=True)
+        best = metrics["fmse"]  # joint training has to beat the pre-trained head to replace it
+        _save(out / "best.pt", model, optimizer, step, best, config)
+        _save(out / "last.pt", model, optimizer, step, best, config)
     (out / "config.json").write_text(json.dumps({"model": config.to_dict(), "args": _jsonable(vars(args))},
                                                 indent=2))
     total = args.steps + args.stage2_steps
