@@ -67,7 +67,7 @@ def measure(mp: int, repeats: int, client, daemon, ctx: JobContext, baseline_rss
 
     remote = best_of(repeats, round_trip)
     local = best_of(repeats, lambda: echo.run({"image": image}, {}, ctx))
-    stats = best_of(repeats, lambda: harmonize.run({"image": image, "mask": mask}, {}, ctx))
+    stats = best_of(repeats, lambda: harmonize.run({"image": image, "mask": mask}, {"method": "statistics"}, ctx))
     peak = peak_rss_bytes(daemon.process.pid)
     return {
         "megapixels": mp, "shape": list(image.shape), "image_mb": round(image.nbytes / 1e6, 1),

@@ -22,7 +22,7 @@ def files(tmp_path):
 
 def test_harmonize_keeps_size_alpha_and_background(files):
     assert main(["harmonize", str(files / "in.png"), "--mask", str(files / "mask.png"),
-                 "-o", str(files / "out.png"), "--quiet"]) == 0
+                 "-o", str(files / "out.png"), "--method", "statistics", "--quiet"]) == 0
     source = np.asarray(Image.open(files / "in.png"))
     out = np.asarray(Image.open(files / "out.png"))
     mask = np.asarray(Image.open(files / "mask.png"))
@@ -33,7 +33,7 @@ def test_harmonize_keeps_size_alpha_and_background(files):
 
 def test_invert_mask_and_strength(files):
     main(["harmonize", str(files / "in.png"), "--mask", str(files / "mask.png"), "-o", str(files / "a.png"),
-          "--invert-mask", "--strength", "0.5", "--quiet"])
+          "--invert-mask", "--strength", "0.5", "--method", "statistics", "--quiet"])
     source = np.asarray(Image.open(files / "in.png"))
     out = np.asarray(Image.open(files / "a.png"))
     mask = np.asarray(Image.open(files / "mask.png"))
@@ -61,7 +61,7 @@ def test_via_daemon_gives_the_same_pixels(files, tmp_path, monkeypatch):
     daemon = start_daemon(tmp_path / "state", "--idle-exit", "0")
     try:
         monkeypatch.setenv("SEMANTIC_STATE_DIR", str(tmp_path / "state"))
-        base = ["harmonize", str(files / "in.png"), "--mask", str(files / "mask.png"), "--quiet"]
+        base = ["harmonize", str(files / "in.png"), "--mask", str(files / "mask.png"), "--quiet"]  # deep
         assert main(base + ["-o", str(files / "local.png")]) == 0
         assert main(base + ["-o", str(files / "remote.png"), "--via-daemon"]) == 0
     finally:
@@ -82,3 +82,16 @@ def test_model_cache_unloads_idle_entries():
     cache = ModelCache(idle_s=0.0)
     assert cache.get("m", lambda: object()) is not None
     assert cache.unload_idle() == ["m"] and cache.keys() == []
+
+
+def test_default_method_is_the_trained_network(files):
+    from core.actions.harmonize import DEFAULT_METHOD
+
+    assert DEFAULT_METHOD == "deep"
+    assert main(["harmonize", str(files / "in.png"), "--mask", str(files / "mask.png"),
+                 "-o", str(files / "deep.png"), "--quiet"]) == 0
+    source = np.asarray(Image.open(files / "in.png"))
+    out = np.asarray(Image.open(files / "deep.png"))
+    mask = np.asarray(Image.open(files / "mask.png"))
+    assert np.array_equal(out[mask == 0], source[mask == 0]) and (out[..., 3] == 200).all()
+    assert not np.array_equal(out[mask == 255], source[mask == 255])

@@ -68,7 +68,8 @@ def test_harmonize_roundtrip_matches_in_process(daemon):
     from core.harmonization.statistics import harmonize_statistics
 
     image, mask = sample()
-    out = run(daemon.client(), "harmonize", {"strength": 0.7}, image=image, mask=mask)["image"]
+    out = run(daemon.client(), "harmonize", {"method": "statistics", "strength": 0.7},
+              image=image, mask=mask)["image"]
     expected = harmonize_statistics(image, mask[..., 0] / np.float32(255), 0.7)
     assert np.array_equal(out, expected)
 
@@ -89,7 +90,7 @@ def test_float_images_roundtrip(daemon):
 ])
 def test_bad_input_is_a_clear_error_and_daemon_keeps_serving(daemon, case, code, needle):
     image, mask = sample()
-    arrays, params, action = {"image": image, "mask": mask}, {}, "harmonize"
+    arrays, params, action = {"image": image, "mask": mask}, {"method": "statistics"}, "harmonize"
     if case == "unknown_action":
         action = "levitate"
     elif case == "size_mismatch":
@@ -99,7 +100,7 @@ def test_bad_input_is_a_clear_error_and_daemon_keeps_serving(daemon, case, code,
     elif case == "bad_shape":
         arrays["image"] = np.zeros((8, 8, 7), np.uint8)
     elif case == "bad_param":
-        params = {"strength": 3}
+        params["strength"] = 3
     elif case == "no_mask":
         del arrays["mask"]
     with pytest.raises(SemanticError) as info:

@@ -27,7 +27,7 @@ def _deep(image: np.ndarray, mask: np.ndarray, strength: float, ctx: JobContext)
 
 
 METHODS: dict[str, HarmonizeMethod] = {"deep": _deep, "statistics": _statistics}
-DEFAULT_METHOD = "statistics"
+DEFAULT_METHOD = "deep"
 
 
 def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
