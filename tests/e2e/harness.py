@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "installer"))
 
@@ -89,6 +91,11 @@ class GimpRun:
     returncode: int
     output: str
     result: dict
+    result_path: Path
+
+    def array(self, name: str, shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
+        """Pixels the script wrote with ``dump(name, data)``."""
+        return np.fromfile(f"{self.result_path}.{name}", dtype=dtype).reshape(shape)
 
 
 class Gimp:
@@ -115,6 +122,20 @@ class Gimp:
             def save_result(data):
                 with open(RESULT_PATH, 'w') as f:
                     json.dump(data, f)
+            def dump(name, data):
+                with open(RESULT_PATH + '.' + name, 'wb') as f:
+                    f.write(data)
+            def run_procedure(name, image, drawables, **properties):
+                proc = Gimp.get_pdb().lookup_procedure(name)
+                cfg = proc.create_config()
+                cfg.set_property('run-mode', Gimp.RunMode.NONINTERACTIVE)
+                cfg.set_property('image', image)
+                cfg.set_core_object_array('drawables', drawables)
+                for key, value in properties.items():
+                    cfg.set_property(key.replace('_', '-'), value)
+                res = proc.run(cfg)
+                error = res.index(1) if res.length() > 1 else None
+                return res.index(0), None if error is None else str(getattr(error, 'message', error))
         """)
         script_path.write_text(preamble + textwrap.dedent(script))
         env = dict(os.environ, GIMP3_DIRECTORY=str(self.config_dir), SEMANTIC_STATE_DIR=str(self.state_dir))
@@ -123,7 +144,7 @@ class Gimp:
             [*self.command, "-idf", "--batch-interpreter=python-fu-eval", "-b", batch, "--quit"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
-        return GimpRun(completed.returncode, completed.stdout + completed.stderr, result)
+        return GimpRun(completed.returncode, completed.stdout + completed.stderr, result, result_path)
 
 
 def temp_root(prefix: str) -> Path:

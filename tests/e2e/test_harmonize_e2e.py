@@ -32,11 +32,7 @@ buf.flush()
 """
 
 DUMP = """
-def dump(name, data):
-    with open(RESULT_PATH + "." + name, "wb") as f:
-        f.write(data)
-layers = image.get_layers()
-top = layers[0]
+top = image.get_layers()[0]
 ok, ox, oy = top.get_offsets()
 rect = Gegl.Rectangle.new(0, 0, top.get_width(), top.get_height())
 dump("result", top.get_buffer().get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP))
@@ -47,29 +43,11 @@ dump("mask", image.get_selection().get_buffer().get(Gegl.Rectangle.new(30, 20, 1
 """
 
 
-def call_procedure(args: str) -> str:
-    return f"""
-proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-harmonize")
-cfg = proc.create_config()
-cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-cfg.set_property("image", image)
-cfg.set_core_object_array("drawables", [layer])
-{args}
-res = proc.run(cfg)
-status = res.index(0)
-error = res.index(1) if res.length() > 1 else None
-"""
-
-
 @pytest.fixture(scope="module")
 def daemon():
     running = start_daemon(temp_root("semantic-e2e-state-") / "state", "--idle-exit", "0")
     yield running
     running.stop()
-
-
-def read(path: str, shape) -> np.ndarray:
-    return np.fromfile(path, dtype=np.uint8).reshape(shape)
 
 
 @pytest.mark.parametrize("precision", ["U8_NON_LINEAR", "FLOAT_NON_LINEAR"])
@@ -81,7 +59,8 @@ image.convert_precision(Gimp.Precision.{precision})
 image.select_ellipse(Gimp.ChannelOps.REPLACE, 60, 40, 60, 60)
 Gimp.Selection.feather(image, 10.0)
 n_before = len(image.get_layers())
-""" + call_procedure('cfg.set_property("method", "statistics"); cfg.set_property("strength", 1.0)') + DUMP + """
+status, error = run_procedure("plug-in-semantic-harmonize", image, [layer], method="statistics", strength=1.0)
+""" + DUMP + """
 save_result({"status": int(status), "ok": status == Gimp.PDBStatusType.SUCCESS,
              "layers_before": n_before, "layers_after": len(image.get_layers()),
              "name": top.get_name(), "offsets": [ox, oy], "size": [top.get_width(), top.get_height()],
@@ -94,11 +73,9 @@ save_result({"status": int(status), "ok": status == Gimp.PDBStatusType.SUCCESS,
     assert run.result["layers_after"] == run.result["layers_before"] + 1
     assert run.result["offsets"] == [30, 20] and run.result["size"] == [120, 100]
     assert "harmonized" in run.result["name"] and "statistics" in run.result["name"]
-    result_file = next(gimp.root.glob("result-*.json.result"))
-    stem = str(result_file)[: -len(".result")]
-    result = read(stem + ".result", (100, 120, 4)).astype(int)
-    source = read(stem + ".source", (100, 120, 4)).astype(int)
-    mask = read(stem + ".mask", (100, 120))
+    result = run.array("result", (100, 120, 4)).astype(int)
+    source = run.array("source", (100, 120, 4)).astype(int)
+    mask = run.array("mask", (100, 120))
     outside, inside = mask == 0, mask == 255
     assert outside.sum() > 1000 and inside.sum() > 500
     assert (result[outside] == source[outside]).all(), "pixels outside the selection must be untouched"
@@ -123,10 +100,11 @@ def test_harmonize_without_selection_reports_error_and_changes_nothing(daemon):
 Gimp.Selection.none(image)
 before = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 120, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
 n_before = len(image.get_layers())
-""" + call_procedure('cfg.set_property("method", "statistics")') + """
+status, error = run_procedure("plug-in-semantic-harmonize", image, [layer], method="statistics")
+
 after = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, 120, 100), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
 save_result({"status": int(status), "success": status == Gimp.PDBStatusType.SUCCESS,
-             "message": error.message if error is not None and hasattr(error, "message") else str(error),
+             "message": str(error),
              "layers_before": n_before, "layers_after": len(image.get_layers()),
              "unchanged": bytes(before) == bytes(after)})
 """
