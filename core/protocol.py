@@ -198,10 +198,6 @@ def encode_frame_parts(frame: Frame) -> list[bytes | memoryview]:
     return [prefix, header_bytes] + [memoryview(a.data).cast("B") for a in frame.arrays.values()]
 
 
-def frame_size(frame: Frame) -> int:
-    return sum(len(part) for part in encode_frame_parts(frame))
-
-
 def read_frame(read: Callable[[int], bytes], max_payload: int | None = None,
                eof_ok: bool = False) -> Frame | None:
     """Read one frame with ``read(n)``; the payload lands in one buffer that arrays view.

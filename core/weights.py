@@ -185,12 +185,6 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(header_len)).get("__metadata__", {})
-
-
 def register_weights(file_path: Path, weight_id: str, model: str, config: dict, card: str = "",
                      url: str = "", directory: Path | None = None) -> WeightEntry:
     """Add or update one manifest entry under a file lock (several trainings may finish at once)."""
