@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.models.deepprop import DeepProp, DeepPropConfig, parameter_counts
 from core.propagation.estimate import PatchSource, estimate_pixels
-from core.propagation.learn import learn, sample_training_set
+from core.propagation.learn import Adam, learn, sample_training_set
 
 FAST = DeepPropConfig()
 
@@ -78,14 +79,19 @@ def two_region_image(h=40, w=56, seed=0):
     return np.clip(img, 0, 1), region
 
 
-def test_training_on_two_regions_reaches_95_percent():
-    img, region = two_region_image()
+def two_region_strokes(region: np.ndarray) -> np.ndarray:
     labels = np.full(region.shape, -1, np.int32)
     labels[5:9, 4:20] = 0
     labels[30:34, 6:18] = 0
     labels[6:10, 40:54] = 1
     labels[28:32, 42:54] = 1
     assert (region[labels == 1]).all() and (~region[labels == 0]).all()
+    return labels
+
+
+def test_training_on_two_regions_reaches_95_percent():
+    img, region = two_region_image()
+    labels = two_region_strokes(region)
     source = PatchSource.from_image(img)
     model, log = learn(None, source, labels, FAST, seed=0)
     assert log.pretrain_errors and log.train_errors
@@ -123,3 +129,43 @@ def test_incremental_update_keeps_parameters_and_le_rows():
     new_labels = np.where(labels == 0, 1, np.where(labels == 1, 0, -1)).astype(np.int32)
     refined, log = learn(model, source, new_labels, FAST, seed=1)
     assert refined is model and not log.pretrain_errors  # refined in place, no pre-training
+
+
+def test_adam_matches_the_reference_optimizer():
+    torch.manual_seed(0)
+    ours, reference = DeepProp(3), DeepProp(3)
+    reference.load_state_dict(ours.state_dict())
+    params = list(ours.parameters())
+    adam = Adam(params, lr=3e-3)
+    torch_adam = torch.optim.Adam(reference.parameters(), lr=3e-3)
+    patch, coords, target = torch.rand(16, 3, 9, 9), torch.rand(16, 2), torch.randint(0, 3, (16,))
+    for _ in range(5):
+        adam.zero_grad(params)
+        F.cross_entropy(ours(patch, coords), target).backward()
+        adam.step(params)
+        torch_adam.zero_grad()
+        F.cross_entropy(reference(patch, coords), target).backward()
+        torch_adam.step()
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_adam_counts_steps_per_parameter():
+    # The SFE joins after pre-training: its first update must be a first Adam step (size ≈ lr per
+    # weight), not one bias-corrected as if it had been training all along.
+    first, second = torch.zeros(4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    adam = Adam([first, second], lr=0.1)
+    for _ in range(20):
+        first.grad.fill_(1.0)
+        adam.step([first])
+    second.grad.fill_(1.0)
+    adam.step([second])
+    torch.testing.assert_close(second.detach(), torch.full((4,), -0.1))
+    assert adam.steps[first] == 20 and adam.steps[second] == 1
+
+
+def test_sfe_joins_without_undoing_pre_training():
+    image, region = two_region_image()
+    _, log = learn(None, PatchSource.from_image(image), two_region_strokes(region), FAST, seed=0)
+    # Moments kept across the stages: the first full-network epoch starts near where pre-training ended.
+    assert log.train_errors[0] < 1.5 * log.pretrain_errors[-1] + 0.05

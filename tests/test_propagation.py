@@ -149,18 +149,34 @@ def test_slic_follows_edges_and_covers_the_image():
     assert not set(left) & set(right), "no superpixel straddles the edge"
 
 
+def dense_laplacian(lab: np.ndarray, sigma: float) -> np.ndarray:
+    """L = D − A of Eq. 15's 4-neighbor affinities, pixel pair by pixel pair."""
+    h, w = lab.shape[:2]
+    lap = np.zeros((h * w, h * w))
+    for y in range(h):
+        for x in range(w):
+            for dy, dx in ((0, 1), (1, 0)):
+                if y + dy < h and x + dx < w:
+                    p, q = y * w + x, (y + dy) * w + x + dx
+                    a = np.exp(-np.sum((lab[y, x] - lab[y + dy, x + dx]) ** 2) / (2 * sigma**2))
+                    lap[p, q] = lap[q, p] = -a
+                    lap[p, p] += a
+                    lap[q, q] += a
+    return lap
+
+
 def test_smoothing_solves_eq15():
     rng = np.random.default_rng(0)
     lab = np.zeros((30, 40, 3), np.float32)
     lab[:, 20:, 0] = 60
+    lab += rng.normal(0, 4, lab.shape).astype(np.float32)  # affinities strictly between 0 and 1
     graph = EdgeGraph(lab, sigma=6.0)
     y = rng.random((30, 40, 2)).astype(np.float32)
     weights = rng.random((30, 40))
     cfg = SmoothingConfig(strength=2.0, tolerance=1e-8, max_iterations=2000)
     x, _ = smooth(graph, y, weights, cfg)
     # Residual of (W + λL) x = W y, built independently of the solver.
-    lap = np.diag(graph.degree) - graph.affinity.toarray()
-    a = np.diag(weights.ravel()) + 2.0 * lap
+    a = np.diag(weights.ravel()) + 2.0 * dense_laplacian(lab, 6.0)
     residual = a @ x.reshape(-1, 2) - weights.reshape(-1, 1) * y.reshape(-1, 2)
     assert np.abs(residual).max() < 1e-4
     ones, _ = smooth(graph, np.ones((30, 40, 1), np.float32), weights, cfg)
@@ -268,6 +284,20 @@ def test_incremental_update_after_adding_a_stroke_reuses_the_network():
     assert 0 < drift < 0.5
     assert torch.nn.functional.cosine_similarity(model.le.weight[:2].flatten(), le_before.flatten(), 0) > 0.5
     assert first.timings["learn"] > 0
+
+
+def test_strokes_redrawn_elsewhere_start_learning_over():
+    img, labels = scene()
+    colors = [(0, 0, 255), (255, 0, 0)]
+    _, state = propagate(img, stroke_set(labels, colors), PropagationOptions(mode="masks", model=FAST))
+    extended = labels.copy()
+    extended[40:44, 8:12] = 0  # one path made longer: the class keeps what it learned
+    assert state.surviving_rows(["#0000ff", "#ff0000"], extended) == [0, 1]
+    swapped = np.where(labels >= 0, 1 - labels, -1)  # the same colors on the other sides
+    assert state.surviving_rows(["#0000ff", "#ff0000"], swapped) == [None, None]
+    result, _ = propagate(img, stroke_set(swapped, colors), PropagationOptions(mode="masks", model=FAST), state)
+    assert not result.incremental and result.log.pretrain_errors  # Algorithm 1 from scratch
+    assert result.output[:, :24, 1].mean() > 0.9 and result.output[:, 40:, 0].mean() > 0.9
 
 
 # --- the action ------------------------------------------------------------------------------------

@@ -46,8 +46,51 @@ def sample_training_set(
     return ys[keep], xs[keep], cls[keep]
 
 
+class Adam:
+    """Adam (Kingma & Ba 2015, Algorithm 1) with its default β1 = 0.9, β2 = 0.999, ε = 1e-8.
+
+    One instance lives through both stages of Algorithm 1, so the pre-trained parameters keep their
+    moment estimates when the SFE joins; a fresh optimizer there restarts every parameter with a
+    full-size first step and undoes much of the pre-training. Each parameter counts its own steps
+    for the bias correction, so the SFE starts as if new. Written out (a handful of multi-tensor
+    ops) also because ``torch.optim`` imports TorchDynamo on first use, ~3 s of the user's first run.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = {p: torch.zeros_like(p) for p in params}
+        self.v = {p: torch.zeros_like(p) for p in params}
+        self.denom = {p: torch.zeros_like(p) for p in params}
+        self.steps = dict.fromkeys(params, 0)
+        for p in params:  # gradients accumulate into kept buffers instead of fresh allocations per step
+            p.grad = torch.zeros_like(p)
+
+    def zero_grad(self, params: list[torch.Tensor]) -> None:
+        torch._foreach_zero_([p.grad for p in params])
+
+    @torch.no_grad()
+    def step(self, params: list[torch.Tensor]) -> None:
+        b1, b2 = self.betas
+        m, v, denom = ([state[p] for p in params] for state in (self.m, self.v, self.denom))
+        grads = [p.grad for p in params]
+        for p in params:
+            self.steps[p] += 1
+        torch._foreach_lerp_(m, grads, 1 - b1)  # m ← β1 m + (1 − β1) g
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, 1 - b2)  # v ← β2 v + (1 − β2) g²
+        # p ← p − α m̂ / (√v̂ + ε), the bias corrections folded into the step size and ε
+        correction2 = [math.sqrt(1 - b2 ** self.steps[p]) for p in params]
+        torch._foreach_copy_(denom, v)
+        torch._foreach_add_(denom, 1e-30)  # √0 takes a slow path in the vector kernel, ~10× slower
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, [self.eps * c for c in correction2])
+        scale = [-self.lr * c / (1 - b1 ** self.steps[p]) for c, p in zip(correction2, params)]
+        torch._foreach_addcdiv_(params, m, denom, scale)
+
+
 def train_stage(
     model: DeepProp,
+    optimizer: Adam,
     patches: torch.Tensor,
     coords: torch.Tensor | None,
     targets: torch.Tensor,
@@ -63,7 +106,6 @@ def train_stage(
     """
     spatial = ("sfe", "fc_s")
     params = [p for name, p in model.named_parameters() if coords is not None or not name.startswith(spatial)]
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, foreach=True)
     n = len(targets)
     previous = math.inf
     snapshot = None
@@ -78,9 +120,9 @@ def train_stage(
             idx = order[start : start + cfg.batch_size]
             logits = model(patches[idx], None if coords is None else coords[idx])
             loss = F.cross_entropy(logits, targets[idx], reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(params)
             (loss / len(idx)).backward()
-            optimizer.step()
+            optimizer.step(params)
             total += float(loss.detach()) / repeats
         if not cfg.running_error:
             total = epoch_error(model, patches, coords, targets, cfg.batch_size * 16)
@@ -136,6 +178,7 @@ def learn(
     coords = source.coords(ys_t, xs_t)
     targets = torch.from_numpy(cls.astype(np.int64)).to(source.device)
     log = TrainingLog(samples=len(targets))
+    optimizer = Adam(list(model.parameters()), cfg.learning_rate)
 
     def report(stage: str, base: float, span: float):
         def on_epoch(epoch: int, error: float):
@@ -149,6 +192,7 @@ def learn(
         # Pre-training: VFE + FC_v + LE, no SFE, so the features first learn appearance alone.
         train_stage(
             model,
+            optimizer,
             patches,
             None,
             targets,
@@ -162,6 +206,7 @@ def learn(
         nn.init.zeros_(model.fc_s.weight)
     log.stop_reason = train_stage(
         model,
+        optimizer,
         patches,
         coords,
         targets,
@@ -171,4 +216,5 @@ def learn(
         report("Training", 0.4 if pretrain else 0.0, 0.6 if pretrain else 1.0),
     )
     model.eval()
+    model.zero_grad(set_to_none=True)  # the kept gradient buffers are not needed for estimation
     return model, log

@@ -52,7 +52,37 @@ class ImageState:
     graphs: dict[float, EdgeGraph] = field(default_factory=dict)
     model: DeepProp | None = None
     class_keys: list[str] = field(default_factory=list)
+    stroke_labels: np.ndarray | None = None  # the strokes the kept network was trained on
     strokes_digest: str = ""
+    # The last Eq. 15 solve: (what was smoothed, its estimate y, its solution x), to start the next
+    # solve of the same kind close to its answer.
+    last_smoothing: tuple[tuple, np.ndarray, np.ndarray] | None = None
+
+    def warm_start(self, key: tuple, values: np.ndarray) -> np.ndarray | None:
+        """x_prev + (y − y_prev): the previous solution moved by how much the estimate changed. Exact
+        where the edit did not change the estimate; after adding one stroke that is most of the image,
+        so CG only has to work where the new stroke changed things."""
+        if self.last_smoothing is None or self.last_smoothing[0] != key:
+            return None
+        _, previous_values, previous_solution = self.last_smoothing
+        return previous_solution + (values - previous_values)
+
+    def surviving_rows(self, keys: list[str], labels: np.ndarray) -> list[int | None]:
+        """For each new class, its LE row in the kept network, or None for a new class.
+
+        A class survives when it keeps its key and at least half of its previous stroke pixels:
+        extending or trimming a path keeps what was learned; a path redrawn elsewhere (or a color
+        reused for a different region) is a new class, so old knowledge cannot contradict it.
+        """
+        rows: list[int | None] = []
+        for index, key in enumerate(keys):
+            row = self.class_keys.index(key) if key in self.class_keys else None
+            if row is not None and self.stroke_labels is not None and self.stroke_labels.shape == labels.shape:
+                before = self.stroke_labels == row
+                if (labels[before] == index).sum() * 2 < before.sum():
+                    row = None
+            rows.append(row)
+        return rows
 
     def superpixels_for(self, count: int) -> SlicResult:
         if count not in self.superpixels:
@@ -127,7 +157,10 @@ def propagate(
     # Learning (Algorithm 1) or its incremental update (Sec. 4.1).
     clock = time.perf_counter()
     log = None
-    incremental = state.model is not None and state.model.cfg == cfg
+    # Sec. 4.1 refines the kept network when strokes are added or removed; when no stroke class
+    # survives, the strokes describe a new problem and Algorithm 1 starts over (with pre-training).
+    kept_rows = state.surviving_rows(keys, strokes.labels) if state.model is not None else [None] * len(keys)
+    incremental = state.model is not None and state.model.cfg == cfg and any(r is not None for r in kept_rows)
     if incremental and digest == state.strokes_digest and keys == state.class_keys:
         model = state.model  # nothing changed: the trained network already fits these strokes
         report(0.7, "Strokes unchanged; reusing the trained network")
@@ -136,7 +169,7 @@ def propagate(
         if incremental:
             # A copy, so a cancelled or failed run leaves the kept network and its class keys intact.
             model = copy.deepcopy(state.model)
-            model.resize_classes([state.class_keys.index(k) if k in state.class_keys else None for k in keys])
+            model.resize_classes(kept_rows)
         model, log = learn(
             model,
             state.source,
@@ -146,6 +179,7 @@ def propagate(
             progress=lambda f, t: report(0.05 + 0.65 * f, t),
         )
     state.model, state.class_keys, state.strokes_digest = model, keys, digest
+    state.stroke_labels = strokes.labels
     timings["learn"] = time.perf_counter() - clock
 
     # Estimation (Sec. 5.1).
@@ -175,7 +209,10 @@ def propagate(
         weights = eroded_edge_weights(probs.argmax(2), radius)
 
         def smoother(values: np.ndarray) -> np.ndarray:
-            out, its = smooth(graph, values, weights, options.smoothing)
+            key = (options.mode, options.smoothing, options.per_pixel, values.shape)
+            start = state.warm_start(key, values)
+            out, its = smooth(graph, values, weights, options.smoothing, start)
+            state.last_smoothing = (key, values, out)
             iterations.append(its)
             return out
     else:

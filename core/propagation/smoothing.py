@@ -7,9 +7,10 @@ in a band of ``radius`` pixels around the boundaries of the estimated label regi
 edges: where superpixel-wise estimates are least trustworthy) and 1 elsewhere, so the band is
 re-interpolated from the confident interiors along the image's edges. The minimizer solves the
 sparse SPD system (W + λL) x = W y, L the graph Laplacian of a_pq; we solve it for all channels at
-once with Jacobi-preconditioned conjugate gradients on a scipy.sparse matrix. The system is linear
-in y, so smoothing class probabilities and then mixing edits equals mixing then smoothing: callers
-smooth whichever has fewer channels.
+once with Jacobi-preconditioned conjugate gradients. On the 4-neighbor grid L is a five-point
+stencil, so L x is four shifted multiply-adds on the image-shaped tensor (no sparse matrix, all
+cores). The system is linear in y, so smoothing class probabilities and then mixing edits equals
+mixing then smoothing: callers smooth whichever has fewer channels.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import scipy.sparse as sp
+import torch
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,30 @@ class SmoothingConfig:
 
 
 class EdgeGraph:
-    """The image-only part of Eq. 15: affinities a_pq as a sparse matrix and the degrees Σ_q a_pq."""
+    """The image-only part of Eq. 15: the affinities a_pq to the right and lower neighbors and the
+    degrees Σ_q a_pq, as float32 tensors (float32 halves the memory traffic of CG)."""
 
     def __init__(self, lab: np.ndarray, sigma: float):
         h, w = lab.shape[:2]
-        lab = lab.astype(np.float32, copy=False)
-        inv = np.float32(-0.5 / (sigma * sigma))
-        wh = np.exp(np.square(lab[:, 1:] - lab[:, :-1]).sum(-1) * inv)  # H×(W−1), right neighbors
-        wv = np.exp(np.square(lab[1:] - lab[:-1]).sum(-1) * inv)  # (H−1)×W, lower neighbors
-        n = h * w
-        idx = np.arange(n, dtype=np.int64).reshape(h, w)
-        rows = np.concatenate([idx[:, :-1].ravel(), idx[:-1].ravel()])
-        cols = np.concatenate([idx[:, 1:].ravel(), idx[1:].ravel()])
-        vals = np.concatenate([wh.ravel(), wv.ravel()])  # float32: halves the memory traffic of CG
-        upper = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
-        self.affinity = (upper + upper.T).tocsr()
-        self.degree = np.asarray(self.affinity.sum(axis=1)).ravel()
+        image = torch.from_numpy(np.ascontiguousarray(lab, dtype=np.float32))
+        inv = -0.5 / (sigma * sigma)
+        self.right = torch.exp((image[:, 1:] - image[:, :-1]).square().sum(-1) * inv)  # H×(W−1)
+        self.down = torch.exp((image[1:] - image[:-1]).square().sum(-1) * inv)  # (H−1)×W
+        degree = torch.zeros(h, w)
+        degree[:, :-1] += self.right
+        degree[:, 1:] += self.right
+        degree[:-1] += self.down
+        degree[1:] += self.down
+        self.degree = degree
         self.shape = (h, w)
+
+    def adjacency_times(self, x: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+        """out −= scale · A x for C×H×W ``x``, A the symmetric 4-neighbor affinity matrix."""
+        out[:, :, :-1].addcmul_(self.right, x[:, :, 1:], value=-scale)
+        out[:, :, 1:].addcmul_(self.right, x[:, :, :-1], value=-scale)
+        out[:, :-1].addcmul_(self.down, x[:, 1:], value=-scale)
+        out[:, 1:].addcmul_(self.down, x[:, :-1], value=-scale)
+        return out
 
 
 def eroded_edge_weights(hard_labels: np.ndarray, radius: float) -> np.ndarray:
@@ -74,40 +82,52 @@ def smooth(
     values: np.ndarray,
     data_weights: np.ndarray,
     cfg: SmoothingConfig,
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Solve (W + λL) x = W y for each channel of ``values`` (H×W×C) → (x as float32 H×W×C, CG iterations)."""
-    h, w = graph.shape
-    y = values.reshape(h * w, -1).astype(np.float32)
+    """Solve (W + λL) x = W y for each channel of ``values`` (H×W×C) → (x as float32 H×W×C, CG iterations).
+
+    CG starts from ``start`` when given (H×W×C), else from the estimate y itself.
+    """
     if cfg.strength <= 0:
         return values.astype(np.float32), 0
-    lam = cfg.strength
-    wd = data_weights.reshape(-1).astype(np.float32)
-    diag = (wd + lam * graph.degree).astype(np.float32)
-    affinity = graph.affinity
+    h, w = graph.shape
+    channels = values.shape[2]
+    y = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1), dtype=np.float32))  # C×H×W
+    lam = float(cfg.strength)
+    wd = torch.from_numpy(np.ascontiguousarray(data_weights, dtype=np.float32))
+    diag = wd + lam * graph.degree
 
-    def apply(x: np.ndarray) -> np.ndarray:
-        return diag[:, None] * x - np.float32(lam) * (affinity @ x)
+    def apply(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # out = (W + λL) x
+        torch.mul(diag, x, out=out)
+        return graph.adjacency_times(x, lam, out)
 
-    inv_diag = (1.0 / np.maximum(diag, 1e-12))[:, None].astype(np.float32)
-    b = wd[:, None] * y
-    x = y.copy()  # the estimate itself is a close start: only the eroded bands have to move
-    r = b - apply(x)
+    def dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # per-channel ⟨a, b⟩
+        return torch.linalg.vecdot(a.view(channels, -1), b.view(channels, -1))
+
+    inv_diag = 1.0 / diag.clamp_min(1e-12)
+    b = wd * y
+    if start is None:
+        x = y.clone()  # the estimate itself is a close start: only the eroded bands have to move
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(start.transpose(2, 0, 1), dtype=np.float32))
+    ap = torch.empty_like(x)
+    r = b - apply(x, ap)
     z = inv_diag * r
-    p = z.copy()
-    rz = np.einsum("ij,ij->j", r, z)
-    b_norm = np.maximum(np.linalg.norm(b, axis=0), 1e-12)
+    p = z.clone()
+    rz = dots(r, z)
+    b_norm = dots(b, b).sqrt().clamp_min(1e-12)
     iterations = 0
     for iterations in range(1, cfg.max_iterations + 1):  # noqa: B007 (reported below)
-        ap = apply(p)
-        pap = np.einsum("ij,ij->j", p, ap)
-        alpha = np.where(pap > 0, rz / np.maximum(pap, 1e-30), 0.0).astype(np.float32)
-        x += alpha * p
-        r -= alpha * ap
-        if (np.linalg.norm(r, axis=0) / b_norm).max() < cfg.tolerance:
+        apply(p, ap)
+        pap = dots(p, ap)
+        alpha = torch.where(pap > 0, rz / pap.clamp_min(1e-30), 0).view(channels, 1, 1)
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1)
+        if float((dots(r, r).sqrt() / b_norm).max()) < cfg.tolerance:
             break
-        z = inv_diag * r
-        rz_new = np.einsum("ij,ij->j", r, z)
-        beta = np.where(rz > 0, rz_new / np.maximum(rz, 1e-30), 0.0).astype(np.float32)
-        p = z + beta * p
+        torch.mul(inv_diag, r, out=z)
+        rz_new = dots(r, z)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), 0).view(channels, 1, 1)
+        p.mul_(beta).add_(z)
         rz = rz_new
-    return x.reshape(h, w, -1).astype(np.float32), iterations
+    return x.permute(1, 2, 0).contiguous().numpy(), iterations
