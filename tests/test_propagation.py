@@ -181,6 +181,10 @@ def test_smoothing_solves_eq15():
     assert np.abs(residual).max() < 1e-4
     ones, _ = smooth(graph, np.ones((30, 40, 1), np.float32), weights, cfg)
     assert np.allclose(ones, 1, atol=1e-5)  # constants are fixed points
+    loose = SmoothingConfig(strength=2.0)
+    _, cold = smooth(graph, y, weights, loose)
+    again, warm = smooth(graph, y, weights, loose, start=x)  # started at the answer
+    assert warm == 1 < cold and np.abs(again - x).max() < 1e-4
 
 
 def test_eroded_edge_weights():

@@ -54,9 +54,9 @@ class ImageState:
     class_keys: list[str] = field(default_factory=list)
     stroke_labels: np.ndarray | None = None  # the strokes the kept network was trained on
     strokes_digest: str = ""
-    # The last Eq. 15 solve: (what was smoothed, its estimate y, its solution x), to start the next
+    # The last Eq. 15 solve: (what was smoothed, its solution minus its estimate), to start the next
     # solve of the same kind close to its answer.
-    last_smoothing: tuple[tuple, np.ndarray, np.ndarray] | None = None
+    last_smoothing: tuple[tuple, np.ndarray] | None = None
 
     def warm_start(self, key: tuple, values: np.ndarray) -> np.ndarray | None:
         """x_prev + (y − y_prev): the previous solution moved by how much the estimate changed. Exact
@@ -64,8 +64,7 @@ class ImageState:
         so CG only has to work where the new stroke changed things."""
         if self.last_smoothing is None or self.last_smoothing[0] != key:
             return None
-        _, previous_values, previous_solution = self.last_smoothing
-        return previous_solution + (values - previous_values)
+        return values + self.last_smoothing[1]
 
     def surviving_rows(self, keys: list[str], labels: np.ndarray) -> list[int | None]:
         """For each new class, its LE row in the kept network, or None for a new class.
@@ -212,7 +211,7 @@ def propagate(
             key = (options.mode, options.smoothing, options.per_pixel, values.shape)
             start = state.warm_start(key, values)
             out, its = smooth(graph, values, weights, options.smoothing, start)
-            state.last_smoothing = (key, values, out)
+            state.last_smoothing = (key, out - values)
             iterations.append(its)
             return out
     else:
