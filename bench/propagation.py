@@ -58,7 +58,10 @@ def interior_line(
     """A straight polyline inside ``region`` staying ``margin`` px from its boundary, along a random
     direction through an interior point far from the points in ``avoid`` and deep inside the region
     (spreads a class's scribbles over it); None if the region has no interior."""
-    dist = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 5)
+    # The image frame counts as a boundary: otherwise the background's deepest points are the image
+    # corners and its scribbles end up as short stubs along the frame, unlike what a user draws.
+    padded = cv2.copyMakeBorder(region.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
     inside = dist > margin
     if not inside.any():
         inside = dist >= max(1.0, dist.max() * 0.6)
