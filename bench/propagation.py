@@ -19,7 +19,7 @@ center with 5–50% of the area) as foreground; 3 foreground and 3 background sc
 deterministically inside each region, at least ``margin`` pixels from the boundary; precision,
 recall and F1 of the mask thresholded at 0.5, averaged over images. Baseline: the random walker
 (Grady 2006) with scikit-image's default weighting (β = 130 on data/std), solved exactly with
-scipy's sparse LU. Images are resized to ``--max-side`` for both methods.
+scipy's sparse LU (``pip install -e '.[bench]'``). Images are resized to ``--max-side`` for both methods.
 """
 
 from __future__ import annotations
