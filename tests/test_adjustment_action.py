@@ -20,13 +20,7 @@ TINY = replace(VARIANTS["cpu-small"], backbone=ResNetConfig(widths=(8, 12, 16), 
                renet_out=8, context_dim=16, rank=12, presets=4, context_size=48, parse_classes=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # these tensors are tiny: more threads only add spin-waiting on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -19,13 +19,7 @@ from core.weights import Manifest
 CLASSES = ("unlabeled", "sky", "tree", "sea", "road")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread; several threads on a busy machine spin instead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_colorizer(seed=0) -> pipeline.Colorizer:

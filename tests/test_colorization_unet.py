@@ -12,13 +12,7 @@ from core.models.colorization_unet import ColorizationUNet, ColorizerConfig, lab
 TINY = ColorizerConfig(width=0.125)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread; several threads on a busy machine spin instead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(n=2, h=32, w=48, seed=0):

@@ -15,13 +15,7 @@ from core.propagation.learn import Adam, learn, sample_training_set
 FAST = DeepPropConfig()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machines are shared: several threads per test oversubscribe the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shapes_follow_the_paper():

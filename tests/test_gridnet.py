@@ -17,13 +17,7 @@ from core.protocol import SemanticError
 TINY = GridNetConfig(num_classes=5, width=0.25, total_dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread; several threads on a busy machine spin instead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_grid_structure():
