@@ -90,7 +90,6 @@ def smooth(
     """
     if cfg.strength <= 0:
         return values.astype(np.float32), 0
-    h, w = graph.shape
     channels = values.shape[2]
     y = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1), dtype=np.float32))  # C×H×W
     lam = float(cfg.strength)
