@@ -150,9 +150,9 @@ def test_adam_counts_steps_per_parameter():
     first, second = torch.zeros(4, requires_grad=True), torch.zeros(4, requires_grad=True)
     adam = Adam([first, second], lr=0.1)
     for _ in range(20):
-        first.grad.fill_(1.0)
+        first.grad = torch.ones(4)
         adam.step([first])
-    second.grad.fill_(1.0)
+    second.grad = torch.ones(4)
     adam.step([second])
     torch.testing.assert_close(second.detach(), torch.full((4,), -0.1))
     assert adam.steps[first] == 20 and adam.steps[second] == 1

@@ -26,33 +26,53 @@ def _smooth_linear(probs: np.ndarray, params: np.ndarray, smooth: Smooth) -> np.
     return smooth(probs) @ params.astype(np.float32)
 
 
-def _linear_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Lab (N×3) → linear sRGB without clipping, to test gamut membership."""
-    L, a, b = lab.unbind(1)
-    fy = (L + 16) / 116
-    f = torch.stack([fy + a / 500, fy, fy - b / 200], 1)
-    xyz = torch.where(f**3 > _EPS, f**3, (116 * f - 16) / _KAPPA) * _WHITE_D65.to(lab)
-    return xyz @ _XYZ_TO_SRGB.T.to(lab)
+class ChromaScaler:
+    """Linear sRGB of (L, t·a, t·b) for per-pixel chroma scales t, with L fixed.
+
+    With L fixed, Y is fixed, and X and Z each depend on one of a, b: the test "is this pixel in
+    the sRGB gamut at scale t" is a few multiply-adds per channel on precomputed terms.
+    """
+
+    def __init__(self, lab: torch.Tensor):
+        L, a, b = (c.contiguous() for c in lab.unbind(1))
+        self.fy = (L + 16) / 116
+        self.da, self.db = a / 500, b / -200  # f_x = f_y + t a/500, f_z = f_y − t b/200
+        self.rows = (_XYZ_TO_SRGB * _WHITE_D65.view(1, 3)).tolist()  # linear sRGB from X/Xn, Y/Yn, Z/Zn
+        y = _f_inverse(self.fy)
+        self.from_y = [y * row[1] for row in self.rows]
+
+    def in_gamut(self, t: torch.Tensor, slack: float = 1e-6) -> torch.Tensor:
+        x = _f_inverse(torch.addcmul(self.fy, t, self.da))
+        z = _f_inverse(torch.addcmul(self.fy, t, self.db))
+        ok = torch.ones_like(t, dtype=torch.bool)
+        for row, from_y in zip(self.rows, self.from_y):
+            channel = torch.add(from_y, x, alpha=row[0]).add_(z, alpha=row[2])
+            ok &= (channel >= -slack) & (channel <= 1 + slack)
+        return ok
+
+
+def _f_inverse(f: torch.Tensor) -> torch.Tensor:
+    """CIELab's f⁻¹: f³ above the knee, the linear segment below it."""
+    f3 = f * f * f
+    return torch.where(f3 > _EPS, f3, (116 * f - 16) / _KAPPA)
 
 
 def lab_to_rgb_keep_lightness(lab: np.ndarray, steps: int = 8) -> np.ndarray:
     """Lab → sRGB, pulling out-of-gamut colors toward gray (bisection on the chroma scale) instead of
     clipping the channels, so the result keeps the image's L as the applications promise."""
     flat = torch.from_numpy(lab.reshape(-1, 3).astype(np.float32))
-    rgb = _linear_rgb(flat)
-    outside = ((rgb < -1e-6) | (rgb > 1 + 1e-6)).any(1)
-    if outside.any():
+    outside = torch.nonzero(~ChromaScaler(flat).in_gamut(torch.ones(len(flat)))).flatten()
+    if len(outside):
         sub = flat[outside]
-        lo = torch.zeros(len(sub), dtype=sub.dtype)  # 2^-8 of the chroma is below one 8-bit step
-        hi = torch.ones(len(sub), dtype=sub.dtype)
+        scaler = ChromaScaler(sub)
+        lo = torch.zeros(len(sub))  # gray (t = 0) is in gamut for L in [0, 100]
+        hi = torch.ones(len(sub))  # 2^-8 of the chroma is below one 8-bit step
         for _ in range(steps):
-            mid = (lo + hi) / 2
-            trial = torch.cat([sub[:, :1], sub[:, 1:] * mid[:, None]], 1)
-            lin = _linear_rgb(trial)
-            ok = ((lin >= -1e-6) & (lin <= 1 + 1e-6)).all(1)
+            mid = (lo + hi) * 0.5
+            ok = scaler.in_gamut(mid)
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
-        flat[outside] = torch.cat([sub[:, :1], sub[:, 1:] * lo[:, None]], 1)
+        flat[outside, 1:] = sub[:, 1:] * lo[:, None]
     return lab_to_rgb(flat.numpy().reshape(lab.shape))
 
 

@@ -79,9 +79,11 @@ def is_gray(image: np.ndarray, tolerance: float = 1.5 / 255) -> bool:
 
 @torch.no_grad()
 def predict(
-    model: DeepProp, source: PatchSource, ys: torch.Tensor, xs: torch.Tensor, batch: int = 8192
+    model: DeepProp, source: PatchSource, ys: torch.Tensor, xs: torch.Tensor, batch: int | None = None
 ) -> torch.Tensor:
-    """Class probabilities (N×n) for the given pixels, in large batches."""
+    """Class probabilities (N×n) for the given pixels. On a CPU the batches are small enough that
+    conv2's im2col (batch × 4 × 1152 floats) stays in cache: 512 ran 2× faster than 8192."""
+    batch = batch or (512 if source.device.type == "cpu" else 8192)
     model.eval()
     out = []
     for start in range(0, len(ys), batch):
@@ -108,7 +110,7 @@ def estimate_pixels(model: DeepProp, source: PatchSource, progress=None, batch: 
     for y0 in range(0, h, rows_per_chunk):
         y1 = min(h, y0 + rows_per_chunk)
         ys, xs = torch.meshgrid(torch.arange(y0, y1), torch.arange(w), indexing="ij")
-        out[y0 * w : y1 * w] = predict(model, source, ys.reshape(-1), xs.reshape(-1), batch).cpu().numpy()
+        out[y0 * w : y1 * w] = predict(model, source, ys.reshape(-1), xs.reshape(-1)).cpu().numpy()
         if progress is not None:
             progress(y1 / h)
     return out.reshape(h, w, -1)

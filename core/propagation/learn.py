@@ -52,46 +52,46 @@ class Adam:
     One instance lives through both stages of Algorithm 1, so the pre-trained parameters keep their
     moment estimates when the SFE joins; a fresh optimizer there restarts every parameter with a
     full-size first step and undoes much of the pre-training. Each parameter counts its own steps
-    for the bias correction, so the SFE starts as if new. Written out (a handful of multi-tensor
-    ops) also because ``torch.optim`` imports TorchDynamo on first use, ~3 s of the user's first run.
+    for the bias correction, so the SFE starts as if new. The update is PyTorch's fused Adam kernel
+    (one pass over each parameter, the kernel behind ``torch.optim.Adam(fused=True)``) called
+    directly: ``torch.optim`` imports TorchDynamo on first use, ~3 s of the user's first run.
     """
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.lr, self.betas, self.eps = lr, betas, eps
         self.m = {p: torch.zeros_like(p) for p in params}
         self.v = {p: torch.zeros_like(p) for p in params}
-        self.denom = {p: torch.zeros_like(p) for p in params}
-        self.steps = dict.fromkeys(params, 0)
-        for p in params:  # gradients accumulate into kept buffers instead of fresh allocations per step
-            p.grad = torch.zeros_like(p)
+        self.steps = {p: torch.zeros((), dtype=torch.float32, device=p.device) for p in params}
 
     def zero_grad(self, params: list[torch.Tensor]) -> None:
-        torch._foreach_zero_([p.grad for p in params])
+        for p in params:  # None: backward hands its gradient over instead of adding it to zeros
+            p.grad = None
 
     @torch.no_grad()
     def step(self, params: list[torch.Tensor]) -> None:
-        b1, b2 = self.betas
-        m, v, denom = ([state[p] for p in params] for state in (self.m, self.v, self.denom))
-        grads = [p.grad for p in params]
-        for p in params:
-            self.steps[p] += 1
-        torch._foreach_lerp_(m, grads, 1 - b1)  # m ← β1 m + (1 − β1) g
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, 1 - b2)  # v ← β2 v + (1 − β2) g²
-        # p ← p − α m̂ / (√v̂ + ε), the bias corrections folded into the step size and ε
-        correction2 = [math.sqrt(1 - b2 ** self.steps[p]) for p in params]
-        torch._foreach_copy_(denom, v)
-        torch._foreach_add_(denom, 1e-30)  # √0 takes a slow path in the vector kernel, ~10× slower
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, [self.eps * c for c in correction2])
-        scale = [-self.lr * c / (1 - b1 ** self.steps[p]) for c, p in zip(correction2, params)]
-        torch._foreach_addcdiv_(params, m, denom, scale)
+        steps = [self.steps[p] for p in params]
+        torch._foreach_add_(steps, 1.0)
+        torch._fused_adam_(
+            params,
+            [p.grad for p in params],
+            [self.m[p] for p in params],
+            [self.v[p] for p in params],
+            [],
+            steps,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=0.0,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )
 
 
 def train_stage(
     model: DeepProp,
     optimizer: Adam,
-    patches: torch.Tensor,
+    columns: torch.Tensor,
     coords: torch.Tensor | None,
     targets: torch.Tensor,
     cfg: DeepPropConfig,
@@ -101,6 +101,7 @@ def train_stage(
 ) -> str:
     """Adam on mini-batches until E < ε|Ω'| or E rises by more than γ|Ω'| (Algorithm 1).
 
+    ``columns``: Ω''s patches as conv1's im2col (``model.vfe.columns``), computed once per run.
     E is the summed cross-entropy over Ω' with the parameters at the end of the epoch (one
     gradient-free pass; with ``cfg.running_error`` the sum accumulated during the epoch instead).
     """
@@ -118,14 +119,14 @@ def train_stage(
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            logits = model(patches[idx], None if coords is None else coords[idx])
+            logits = model.forward_columns(columns[idx], None if coords is None else coords[idx])
             loss = F.cross_entropy(logits, targets[idx], reduction="sum")
             optimizer.zero_grad(params)
             (loss / len(idx)).backward()
             optimizer.step(params)
             total += float(loss.detach()) / repeats
         if not cfg.running_error:
-            total = epoch_error(model, patches, coords, targets, cfg.batch_size * 16)
+            total = epoch_error(model, columns, coords, targets, cfg.batch_size * 16)
         errors.append(total / n)
         if on_epoch is not None:
             on_epoch(epoch, total / n)
@@ -142,12 +143,12 @@ def train_stage(
 
 @torch.no_grad()
 def epoch_error(
-    model: DeepProp, patches: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor, batch: int
+    model: DeepProp, columns: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor, batch: int
 ) -> float:
     total = 0.0
     for start in range(0, len(targets), batch):
         sl = slice(start, start + batch)
-        logits = model(patches[sl], None if coords is None else coords[sl])
+        logits = model.forward_columns(columns[sl], None if coords is None else coords[sl])
         total += float(F.cross_entropy(logits, targets[sl], reduction="sum"))
     return total
 
@@ -174,7 +175,7 @@ def learn(
     pretrain = bool(pretrain)
     ys, xs, cls = sample_training_set(labels, cfg.sample_ratio, generator)
     ys_t, xs_t = torch.from_numpy(ys), torch.from_numpy(xs)
-    patches = source.patches(ys_t, xs_t)
+    columns = model.vfe.columns(source.patches(ys_t, xs_t)).contiguous()
     coords = source.coords(ys_t, xs_t)
     targets = torch.from_numpy(cls.astype(np.int64)).to(source.device)
     log = TrainingLog(samples=len(targets))
@@ -193,7 +194,7 @@ def learn(
         train_stage(
             model,
             optimizer,
-            patches,
+            columns,
             None,
             targets,
             cfg,
@@ -207,7 +208,7 @@ def learn(
     log.stop_reason = train_stage(
         model,
         optimizer,
-        patches,
+        columns,
         coords,
         targets,
         cfg,
