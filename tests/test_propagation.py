@@ -224,6 +224,31 @@ def test_colorize_keeps_lightness_and_takes_stroke_colors():
     assert gray.shape == result.output.shape
 
 
+def test_gamut_mapping_keeps_lightness_and_hue_and_takes_the_most_chroma():
+    from core.imaging.color import lab_to_rgb
+    from core.propagation.apps import ChromaScaler, lab_to_rgb_keep_lightness
+
+    rng = np.random.default_rng(0)
+    lab = np.stack([rng.uniform(2, 98, 4000), rng.uniform(-120, 120, 4000), rng.uniform(-120, 120, 4000)], 1)
+    lab = lab.astype(np.float32)[None]
+    inside = rgb_to_lab(rng.random((1, 500, 3)).astype(np.float32))  # colors that exist in sRGB
+    out = lab_to_rgb_keep_lightness(np.concatenate([lab, inside], 1))
+    np.testing.assert_allclose(out[:, 4000:], lab_to_rgb(inside), atol=1e-4)  # in gamut: untouched
+    back = rgb_to_lab(out[:, :4000])
+    assert np.abs(back[..., 0] - lab[..., 0]).max() < 0.5  # L kept (8-bit steps aside)
+    chroma_in, chroma_out = np.hypot(*lab[0, :, 1:].T), np.hypot(*back[0, :, 1:].T)
+    hue_in, hue_out = np.arctan2(lab[0, :, 2], lab[0, :, 1]), np.arctan2(back[0, :, 2], back[0, :, 1])
+    hue_shift = np.angle(np.exp(1j * (hue_out - hue_in)))
+    assert np.abs(hue_shift[chroma_out > 5]).max() < 0.05  # pulled straight toward gray
+    assert (chroma_out <= chroma_in + 0.5).all()
+    # ... and only as far as needed: 1/128 more of the original chroma leaves the gamut.
+    scale = chroma_out / chroma_in
+    moved = scale < 0.99
+    assert moved.sum() > 1000
+    flat = torch.from_numpy(lab[0, moved])
+    assert not ChromaScaler(flat).in_gamut(torch.from_numpy(scale[moved] + 1 / 128).float()).any()
+
+
 def test_recolor_changes_hue_where_stroked_and_keeps_texture():
     img, labels = scene()
     keep = img[labels == 0].mean(0)
