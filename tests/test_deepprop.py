@@ -89,6 +89,8 @@ def test_training_on_two_regions_reaches_95_percent():
     source = PatchSource.from_image(img)
     model, log = learn(None, source, labels, FAST, seed=0)
     assert log.pretrain_errors and log.train_errors
+    # conv2's weight keeps the layout its matmul reads without a copy, through Adam and any restore.
+    assert model.vfe.conv2.weight.is_contiguous(memory_format=torch.channels_last)
     probs = estimate_pixels(model, source)
     accuracy = ((probs.argmax(2) == 1) == region).mean()
     assert accuracy >= 0.95, accuracy
