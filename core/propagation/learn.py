@@ -99,8 +99,9 @@ def train_stage(
     errors: list[float],
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> str:
-    """Adam on mini-batches until E < ε|Ω'| or E rises by more than γ|Ω'| (Algorithm 1), the rise
-    held for ``cfg.rise_patience`` epochs; a stop on a rise restores the parameters from before it.
+    """Adam on mini-batches until E < ε|Ω'| or E rises by more than γ|Ω'| (Algorithm 1; the rise
+    test from epoch ``cfg.gamma_warmup_epochs`` on), a stop on a rise restoring the parameters from
+    before it.
 
     ``columns``: Ω''s patches as conv1's im2col (``model.vfe.columns``), computed once per run.
     E is the summed cross-entropy over Ω' with the parameters at the end of the epoch (one
@@ -111,7 +112,6 @@ def train_stage(
     n = len(targets)
     previous = math.inf
     snapshot = None
-    rises = 0
     model.train()
     repeats = max(1, math.ceil(cfg.min_epoch_samples / n))
     for epoch in range(cfg.max_epochs):
@@ -134,14 +134,10 @@ def train_stage(
             on_epoch(epoch, total / n)
         if total < cfg.epsilon * n:
             return "converged"
-        if total - previous > cfg.gamma * n:
-            rises += 1
-            if rises >= cfg.rise_patience:
-                # Early stop: training made things worse, so keep the parameters from before the rise.
-                model.load_state_dict(snapshot)
-                return "error rose"
-            continue  # the next epoch is judged against the same error and snapshot
-        rises = 0
+        if total - previous > cfg.gamma * n and epoch >= cfg.gamma_warmup_epochs:
+            # Early stop: the epoch made things worse, so keep the parameters from before it.
+            model.load_state_dict(snapshot)
+            return "error rose"
         previous = total
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return "epoch limit"
