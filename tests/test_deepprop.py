@@ -179,13 +179,14 @@ def test_a_rise_stops_training_after_the_warm_up_and_restores_the_parameters():
 
     def run(warmup: int) -> tuple[str, list[float], DeepProp]:
         # A step size far too large makes E jump around, so rises happen within a few epochs.
-        cfg = DeepPropConfig(learning_rate=0.3, epsilon=0.0, gamma_warmup_epochs=warmup, max_epochs=30)
+        cfg = DeepPropConfig(learning_rate=0.3, epsilon=0.0, max_epochs=30)
         torch.manual_seed(0)
         model = DeepProp(2, cfg)
         errors: list[float] = []
         optimizer = Adam(list(model.parameters()), cfg.learning_rate)
         generator = torch.Generator().manual_seed(0)
-        return train_stage(model, optimizer, columns, None, targets, cfg, generator, errors), errors, model
+        reason = train_stage(model, optimizer, columns, None, targets, cfg, generator, errors, warmup_epochs=warmup)
+        return reason, errors, model
 
     reason, errors, model = run(0)
     assert reason == "error rose" and errors[-1] - errors[-2] > 0.01

@@ -49,10 +49,9 @@ class DeepPropConfig:
     # the ε test before the appearance features generalize (1 in 6 seeds on the GIMP e2e scene at 128,
     # none of 10 at 256).
     min_epoch_samples: int = 256
-    # The γ test is skipped in each stage's first epochs, whose error is noisy: with the test
-    # from the first epoch, 1 in 30 seeds of the GIMP e2e scene stopped pre-training at epoch 2 with
-    # E near chance (0.57 → 0.59) and its selection came out wrong; with 3, none of 30, and on the
-    # bench's 25 images × 2 seeds F1 0.524 → 0.530 for 10% more epochs.
+    # The γ test is skipped in the first epochs of pre-training, where a freshly initialized network's
+    # error is noisy: with the test from the first epoch, 1 in 30 seeds of the GIMP e2e scene stopped
+    # pre-training at epoch 2 with E near chance (0.57 → 0.59) and its selection came out wrong.
     gamma_warmup_epochs: int = 3
     max_epochs: int = 30  # safety cap per stage; the ε/γ tests normally stop far earlier
 

@@ -98,9 +98,10 @@ def train_stage(
     generator: torch.Generator,
     errors: list[float],
     on_epoch: Callable[[int, float], None] | None = None,
+    warmup_epochs: int = 0,
 ) -> str:
     """Adam on mini-batches until E < ε|Ω'| or E rises by more than γ|Ω'| (Algorithm 1; the rise
-    test from epoch ``cfg.gamma_warmup_epochs`` on), a stop on a rise restoring the parameters from
+    test skipped in the first ``warmup_epochs``), a stop on a rise restoring the parameters from
     before it.
 
     ``columns``: Ω''s patches as conv1's im2col (``model.vfe.columns``), computed once per run.
@@ -134,7 +135,7 @@ def train_stage(
             on_epoch(epoch, total / n)
         if total < cfg.epsilon * n:
             return "converged"
-        if total - previous > cfg.gamma * n and epoch >= cfg.gamma_warmup_epochs:
+        if total - previous > cfg.gamma * n and epoch >= warmup_epochs:
             # Early stop: the epoch made things worse, so keep the parameters from before it.
             model.load_state_dict(snapshot)
             return "error rose"
@@ -203,6 +204,7 @@ def learn(
             torch_gen,
             log.pretrain_errors,
             report("Pre-training", 0.0, 0.4),
+            warmup_epochs=cfg.gamma_warmup_epochs,
         )
         # The whole network starts as the pre-trained one: W_cs = 0 until training moves it, so
         # switching the SFE on does not scramble the features learned from appearance.
