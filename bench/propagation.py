@@ -277,12 +277,12 @@ def first_run_seconds() -> float:
 
 def cpu_steal_fraction(seconds: float = 1.0) -> float | None:
     """Share of CPU time the hypervisor gave to other guests over ``seconds`` (Linux /proc/stat)."""
-    def read():
+
+    def read() -> list[int] | None:
         try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            return [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
         except (OSError, ValueError):
             return None
-        return fields
 
     a = read()
     time.sleep(seconds)

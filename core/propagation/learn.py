@@ -221,5 +221,5 @@ def learn(
         report("Training", 0.4 if pretrain else 0.0, 0.6 if pretrain else 1.0),
     )
     model.eval()
-    model.zero_grad(set_to_none=True)  # the kept gradient buffers are not needed for estimation
+    model.zero_grad(set_to_none=True)  # the last step's gradients are not needed for estimation
     return model, log
