@@ -64,7 +64,9 @@ status, error = run_procedure("plug-in-semantic-harmonize", image, [layer], meth
 save_result({"status": int(status), "ok": status == Gimp.PDBStatusType.SUCCESS,
              "layers_before": n_before, "layers_after": len(image.get_layers()),
              "name": top.get_name(), "offsets": [ox, oy], "size": [top.get_width(), top.get_height()],
-             "precision": str(image.get_precision())})
+             # value_name, not str(): PyGObject >= 3.52 (GIMP 3.2 on Debian sid) makes GEnums IntEnums,
+             # whose str() is the bare number ('150'); value_name is 'GIMP_PRECISION_...' on both.
+             "precision": image.get_precision().value_name})
 """
     run = gimp.run(script)
     assert run.result, run.output
