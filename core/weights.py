@@ -198,3 +198,19 @@ def register_weights(file_path: Path, weight_id: str, model: str, config: dict, 
         entry = manifest.register(weight_id, file_path, model, config, card, url)
         manifest.save()
     return entry
+
+
+def load_verified_state(model: torch.nn.Module, manifest: Manifest, weight_id: str, what: str) -> None:
+    """Load ``weight_id`` (sha256-checked) into ``model`` strictly; a clear error naming the file otherwise."""
+    state = manifest.load_state_dict(weight_id)
+    path = manifest.path(weight_id)
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise SemanticError(ErrorCode.weights_corrupt,
+                            f"Weight file {path} does not fit {what} (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}). Re-run the installer.")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise SemanticError(ErrorCode.weights_corrupt, f"Weight file {path} does not fit {what}: {exc}") from None

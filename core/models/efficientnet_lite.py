@@ -1,0 +1,151 @@
+"""EfficientNet-Lite0 (Tan & Le, ICML 2019; the "Lite" variant for mobile/CPU): the shared pretrained backbone.
+
+Lite differs from EfficientNet-B0 in what makes it cheap and quantization friendly: no squeeze-and-
+excitation, ReLU6 instead of swish, and a stem (32) and head (1280) that do not scale. The structure:
+
+    stem      3×3 conv stride 2 → 32, BN, ReLU6
+    blocks    MBConv (1×1 expand ×t, BN, ReLU6 → k×k depthwise, BN, ReLU6 → 1×1 project, BN;
+              identity skip when stride 1 and the width is kept), seven stages:
+              t  k  stride  repeats  width
+              1  3  1       1        16      → stride 2 overall
+              6  3  2       2        24      → stride 4
+              6  5  2       2        40      → stride 8
+              6  3  2       3        80
+              6  5  1       3        112     → stride 16
+              6  5  2       4        192
+              6  3  1       1        320     → stride 32
+    head      1×1 conv → 1280, BN, ReLU6, global average pool, fully connected → 1000 ImageNet classes
+
+TensorFlow's "same" padding (asymmetric at stride 2: the extra row and column go at the bottom and
+right) and BatchNorm ε = 1e-3 are kept, because the ImageNet weights were trained with them. Input:
+RGB in [0, 1], normalized as (x − 0.5) / 0.5 inside ``forward``.
+
+Parameter names follow the published state dict (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv``,
+``_depthwise_conv``, ``_project_conv``, ``_bn0/1/2``, ``_conv_head``, ``_bn1``, ``_fc``), so the
+converted file loads without renaming. Weights: ``weights/efficientnet-lite0-imagenet.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 1e-3  # TensorFlow's default, which the ImageNet statistics were computed with
+WEIGHT_ID = "efficientnet-lite0-imagenet"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    expand: int
+    kernel: int
+    stride: int
+    repeats: int
+    width: int
+
+
+LITE0_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 1, 16),
+    StageSpec(6, 3, 2, 2, 24),
+    StageSpec(6, 5, 2, 2, 40),
+    StageSpec(6, 3, 2, 3, 80),
+    StageSpec(6, 5, 1, 3, 112),
+    StageSpec(6, 5, 2, 4, 192),
+    StageSpec(6, 3, 1, 1, 320),
+)
+STEM_WIDTH, HEAD_WIDTH, IMAGENET_CLASSES = 32, 1280, 1000
+# Feature taps by output stride, named by where they are taken (the last block of a stage).
+FEATURE_STRIDES = {"stride2": 0, "stride4": 1, "stride8": 2, "stride16": 4, "stride32": 6}
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding, computed for the input size at hand."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck without squeeze-excitation (Lite)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return x + h if self.residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, stages: tuple[StageSpec, ...] = LITE0_STAGES, classes: int = IMAGENET_CLASSES):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, STEM_WIDTH, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(STEM_WIDTH, eps=BN_EPS)
+        blocks, self.stage_ends, cin = [], [], STEM_WIDTH
+        for spec in stages:
+            for i in range(spec.repeats):
+                blocks.append(MBConv(cin, spec.width, spec.expand, spec.kernel, spec.stride if i == 0 else 1))
+                cin = spec.width
+            self.stage_ends.append(len(blocks) - 1)
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(cin, HEAD_WIDTH, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(HEAD_WIDTH, eps=BN_EPS)
+        self._fc = nn.Linear(HEAD_WIDTH, classes)
+        self.stage_widths = [spec.width for spec in stages]
+
+    @staticmethod
+    def normalize(rgb: torch.Tensor) -> torch.Tensor:
+        return (rgb - 0.5) / 0.5
+
+    def features(self, rgb: torch.Tensor, taps: tuple[str, ...] = ("stride8", "stride16", "stride32"),
+                 ) -> dict[str, torch.Tensor]:
+        """Feature maps at the requested output strides (RGB in [0, 1], N×3×H×W)."""
+        wanted = {self.stage_ends[FEATURE_STRIDES[name]]: name for name in taps}
+        last = max(wanted)
+        out = {}
+        x = F.relu6(self._bn0(self._conv_stem(self.normalize(rgb))))
+        for index, block in enumerate(self._blocks):
+            x = block(x)
+            if index in wanted:
+                out[wanted[index]] = x
+            if index == last:
+                break
+        return out
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits."""
+        x = F.relu6(self._bn0(self._conv_stem(self.normalize(rgb))))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean(dim=(2, 3)))
+
+
+def load_pretrained(manifest=None, device: torch.device | str = "cpu") -> EfficientNetLite0:
+    """The ImageNet backbone from the project's verified weight file, frozen, in eval mode."""
+    from core.weights import Manifest, load_verified_state
+
+    manifest = manifest or Manifest.load()
+    model = EfficientNetLite0()
+    load_verified_state(model, manifest, WEIGHT_ID, "the EfficientNet-Lite0 backbone")
+    model.requires_grad_(False)
+    return model.to(device).eval()

@@ -1,0 +1,51 @@
+"""The shared ImageNet backbone: its structure matches the published weights and its taps' strides."""
+
+import pytest
+import torch
+
+from core.models.efficientnet_lite import EfficientNetLite0, SameConv2d, load_pretrained
+from core.weights import Manifest
+
+
+def test_same_padding_matches_tensorflow_output_sizes():
+    conv = SameConv2d(1, 1, 5, stride=2, bias=False)
+    for size in (7, 8, 33, 64):
+        assert conv(torch.zeros(1, 1, size, size)).shape[-1] == -(-size // 2)  # ceil(size / stride)
+
+
+def test_stride2_same_padding_puts_the_extra_pixel_bottom_right():
+    conv = SameConv2d(1, 1, 3, stride=2, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0  # picks the top-left tap of each window
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    # TF "same" at stride 2, k 3, size 4: pad 0 top/left and 1 bottom/right, windows start at 0 and 2.
+    assert conv(x)[0, 0].tolist() == [[0.0, 2.0], [8.0, 10.0]]
+
+
+def test_feature_taps_have_the_documented_strides_and_widths():
+    model = EfficientNetLite0().eval()
+    with torch.no_grad():
+        feats = model.features(torch.rand(1, 3, 64, 96), taps=("stride4", "stride8", "stride16", "stride32"))
+    assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
+        "stride4": (24, 16, 24), "stride8": (40, 8, 12), "stride16": (112, 4, 6), "stride32": (320, 2, 3)}
+
+
+def test_shipped_weights_load_strictly_frozen_and_in_eval_mode():
+    model = load_pretrained(Manifest.load())
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    # A constant mid-gray image is not a photo: the net must still give finite, non-degenerate logits.
+    logits = model(torch.full((1, 3, 64, 64), 0.5))
+    assert torch.isfinite(logits).all() and logits.std() > 0.1
+
+
+def test_a_file_that_does_not_fit_is_named_in_the_error(tmp_path):
+    from core.protocol import SemanticError
+    from core.weights import register_weights, save_tensors
+
+    path = tmp_path / "efficientnet-lite0-imagenet.safetensors"
+    save_tensors(path, {"_conv_stem.weight": torch.zeros(32, 3, 3, 3)})
+    register_weights(path, "efficientnet-lite0-imagenet", "efficientnet_lite0", {}, directory=tmp_path)
+    with pytest.raises(SemanticError) as info:
+        load_pretrained(Manifest.load(tmp_path))
+    assert str(path) in info.value.message and "missing" in info.value.message
