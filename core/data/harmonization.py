@@ -5,6 +5,14 @@ pick a region (an object or segment mask), change that region's appearance by tr
 statistics from a reference region, preferably of the same semantic class, with randomized
 strength. The edited photo is the composite, the untouched photo is the target.
 
+Three kinds of change, in the proportions of ``CHANGE_KINDS``, each the way real composites differ:
+
+* ``reference``: colour statistics of a same-class region from another photo (HCOCO);
+* ``retouch``: a retoucher's global edits, several at once (HAdobe5k): exposure, white balance and tint,
+  contrast, saturation, a tone curve, split toning;
+* ``relight``: the object lit differently from its new surroundings: brighter or darker, warmer or
+  cooler light, flatter or harder shading, light falling off across the object.
+
 Region sources (all folders are arguments; see ``../shared/datasets/README.md``):
 
 * ``siftflow/train``: 33-class labels, used for regions, same-class references and the
@@ -12,6 +20,8 @@ Region sources (all folders are arguments; see ``../shared/datasets/README.md``)
 * ``davis/train``: object masks (split by sequence);
 * ``bsds500/{train,val}``: human segmentations (one segment is a region);
 * ``harmonization/photos-with-masks``: photos with one object mask each;
+* ``people/ccp``, ``people/coco128-seg``: photos with person masks (class "person", so a person is
+  re-coloured from another photo's person, as HCOCO pairs same-category instances);
 * iHarmony4 folders (``<subset>/composite_images``, ``real_images``, ``masks``) when a user has them:
   those composites are used as given.
 
@@ -34,6 +44,8 @@ from core.imaging.color import lab_to_rgb, rgb_to_lab
 IGNORE_LABEL = 255
 SIFTFLOW_CLASSES = 33  # ids 1..33 in the label PNGs; 0 = unlabeled
 TRANSFER_METHODS = ("lab_stats", "luminance", "temperature", "histogram")
+CHANGE_KINDS = {"reference": 0.35, "retouch": 0.4, "relight": 0.25}  # probability of each kind of change
+PERSON_CLASS = 18  # SIFT Flow's "person"; person-mask photos share it for same-class references
 MIN_REGION, MAX_REGION = 0.05, 0.6  # region area as a fraction of the image (iHarmony4 keeps 5%–80%)
 MIN_CHANGE = 0.02  # mean |Δ| on the region in [0, 1]; weaker edits teach nothing and are redrawn
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -43,7 +55,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class Source:
     """One real photo and where its regions come from."""
 
-    kind: str  # "siftflow", "davis", "bsds", "photo", "iharmony"
+    kind: str  # "siftflow", "davis", "bsds", "photo", "person", "iharmony"
     image: Path
     region: Path | None  # label PNG / mask PNG / segment PNG; iHarmony4: the mask
     group: str  # photos of one group never straddle the train/validation split
@@ -79,6 +91,13 @@ def list_sources(root: Path) -> list[Source]:
             mask = image.with_suffix(".png")
             if mask.exists():
                 sources.append(Source("photo", image, mask, "photo:" + image.stem))
+    for folder, prefix in (("people/ccp", "ccp"), ("people/coco128-seg", "coco-person")):
+        people = _find(root, folder)
+        if people:
+            for image in sorted((people / "images").glob("*.jpg")):
+                mask = people / "masks" / (image.stem + ".png")
+                if mask.exists():
+                    sources.append(Source("person", image, mask, f"{prefix}:{image.stem}"))
     sources.extend(list_iharmony4(root))
     return sources
 
@@ -140,6 +159,8 @@ class SemanticIndex:
     def __init__(self, sources: list[Source]):
         self.by_class: dict[int, list[int]] = {}
         for i, source in enumerate(sources):
+            if source.kind == "person":
+                self.by_class.setdefault(PERSON_CLASS, []).append(i)
             if source.kind != "siftflow":
                 continue
             labels = read_region_map(source)
@@ -166,7 +187,7 @@ def pick_region(source: Source, region_map: np.ndarray, rng: np.random.Generator
         choice = int(rng.choice(ids[ok]))
         mask = (region_map == choice).astype(np.float32)
         return _clean(mask), choice if source.kind == "siftflow" else 0
-    return region_map.astype(np.float32), 0
+    return region_map.astype(np.float32), PERSON_CLASS if source.kind == "person" else 0
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
@@ -212,6 +233,70 @@ def transfer_appearance(rgb: np.ndarray, mask: np.ndarray, ref_rgb: np.ndarray, 
         out[..., 0] = np.clip(out[..., 0], 0, 100)
         edited = lab_to_rgb(out)
     return rgb + np.float32(strength) * (edited - rgb)
+
+
+def _to_linear(rgb: np.ndarray) -> np.ndarray:
+    return np.power(np.clip(rgb, 0, 1), 2.2, dtype=np.float32)  # light adds up in linear values
+
+
+def _to_display(linear: np.ndarray) -> np.ndarray:
+    return np.power(np.clip(linear, 0, 1), 1 / 2.2, dtype=np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+
+
+def retouch(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A retoucher's global edits (HAdobe5k-like): two to five of exposure, white balance and tint,
+    contrast, saturation, a tone curve and split toning, each at a random strength."""
+    edits = rng.choice(6, size=int(rng.integers(2, 6)), replace=False)
+    linear = _to_linear(rgb)
+    if 0 in edits:  # exposure, ±1.3 stops
+        linear = linear * np.float32(2.0 ** rng.uniform(-1.3, 1.3))
+    if 1 in edits:  # white balance (blue–amber) and tint (green–magenta)
+        temperature, tint = rng.uniform(-0.35, 0.35), rng.uniform(-0.15, 0.15)
+        gains = np.array([1 + temperature, 1 + tint, 1 - temperature], np.float32)
+        linear = linear * gains / _luminance(gains[None])[0]
+    out = _to_display(linear)
+    if 2 in edits:  # contrast about the mid-tone
+        out = 0.5 + (out - 0.5) * np.float32(rng.uniform(0.55, 1.6))
+    if 3 in edits:  # saturation
+        gray = _luminance(out)[..., None]
+        out = gray + (out - gray) * np.float32(rng.uniform(0.2, 1.7))
+    if 4 in edits:  # tone curve: lifted or crushed shadows / highlights (a gamma)
+        out = np.power(np.clip(out, 0, 1), np.float32(np.exp(rng.uniform(-0.5, 0.5))))
+    if 5 in edits:  # split toning: one colour into the shadows, another into the highlights
+        shadows, highlights = rng.normal(0, 0.06, 3), rng.normal(0, 0.06, 3)
+        weight = _luminance(np.clip(out, 0, 1))[..., None]
+        out = out + ((1 - weight) * shadows + weight * highlights).astype(np.float32)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def relight(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The object lit otherwise than its surroundings: light level and colour, flatter or harder
+    shading, and light falling off across the object."""
+    linear = _to_linear(rgb)
+    level = 2.0 ** rng.uniform(-1.5, 1.5)
+    # Daylight–tungsten colour of the light: a warm light raises red and lowers blue together.
+    warmth = rng.uniform(-0.4, 0.4)
+    light = np.array([1 + warmth, 1 + 0.2 * warmth, 1 - warmth], np.float32) * np.float32(level)
+    linear = linear * light
+    fg = mask > 0.5
+    if rng.random() < 0.6:  # flatter (< 1) or harder (> 1) shading: scale the log-luminance spread
+        luminance = _luminance(linear) + 1e-4
+        log_l = np.log(luminance)
+        centre = float(np.median(log_l[fg])) if fg.any() else float(np.median(log_l))
+        hardness = rng.uniform(0.6, 1.5)
+        linear = linear * np.exp((log_l - centre) * (hardness - 1))[..., None].astype(np.float32)
+    if rng.random() < 0.4:  # light falling off across the object (a linear ramp of ±40 %)
+        h, w = mask.shape
+        angle = rng.uniform(0, 2 * np.pi)
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        ramp = (np.cos(angle) * xs + np.sin(angle) * ys) / max(h, w)
+        ramp = (ramp - ramp[fg].mean()) if fg.any() else ramp - ramp.mean()
+        linear = linear * np.clip(1 + rng.uniform(0.2, 0.8) * ramp, 0.3, 2.0)[..., None]
+    return _to_display(linear)
 
 
 def _match_histogram(values: np.ndarray, src: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -276,13 +361,19 @@ def make_sample(sources: list[Source], index: int, rng: np.random.Generator, siz
         mask = np.clip(crop.apply(mask_full), 0, 1).astype(np.float32)
         if not MIN_REGION * 0.5 <= (mask > 0.5).mean() <= 0.9:
             continue
-        ref_rgb, ref_mask = _reference(sources, index, cls, semantic, rng, size)
-        if (ref_mask > 0.5).sum() < 16:
-            continue
-        methods = rng.choice(TRANSFER_METHODS, size=1 + int(rng.random() < 0.3), replace=False)
-        edited = rgb
-        for method in methods:
-            edited = transfer_appearance(edited, mask, ref_rgb, ref_mask, str(method), rng.uniform(0.4, 1.0))
+        change = str(rng.choice(list(CHANGE_KINDS), p=list(CHANGE_KINDS.values())))
+        if change == "retouch":
+            edited = retouch(rgb, rng)
+        elif change == "relight":
+            edited = relight(rgb, mask, rng)
+        else:
+            ref_rgb, ref_mask = _reference(sources, index, cls, semantic, rng, size)
+            if (ref_mask > 0.5).sum() < 16:
+                continue
+            methods = rng.choice(TRANSFER_METHODS, size=1 + int(rng.random() < 0.3), replace=False)
+            edited = rgb
+            for method in methods:
+                edited = transfer_appearance(edited, mask, ref_rgb, ref_mask, str(method), rng.uniform(0.4, 1.0))
         if rng.random() < 0.3:  # users' selections are often feathered
             mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.7, 2.0))
         composite = rgb + mask[..., None] * (edited - rgb)
@@ -294,6 +385,9 @@ def make_sample(sources: list[Source], index: int, rng: np.random.Generator, siz
 
 
 def _labels(source: Source, region_map: np.ndarray, crop: Crop) -> np.ndarray:
+    if source.kind == "person":  # the person is known, the rest of the photo is not labelled
+        person = crop.apply(region_map.astype(np.float32)) > 0.5
+        return np.where(person, PERSON_CLASS - 1, IGNORE_LABEL).astype(np.uint8)
     if source.kind != "siftflow":
         return np.full((crop.size, crop.size), IGNORE_LABEL, np.uint8)
     labels = region_map - 1
@@ -310,7 +404,7 @@ def _reference(sources: list[Source], index: int, cls: int, semantic: SemanticIn
         while other == index:
             other = int(rng.choice(candidates))
         region_map = read_region_map(sources[other])
-        ref_mask = (region_map == cls).astype(np.float32)
+        ref_mask = region_map if sources[other].kind == "person" else (region_map == cls).astype(np.float32)
     else:
         while other == index or sources[other].kind == "iharmony":
             other = int(rng.integers(len(sources)))
@@ -382,7 +476,9 @@ def render_cache(data_root: Path, out: Path, size: int, train_count: int, val_co
         for i, source in enumerate(subset):
             by_kind.setdefault(source.kind, []).append(i)
         kinds = sorted(by_kind)
-        weights = np.array([{"siftflow": 0.5}.get(k, 0.5 / max(1, len(kinds) - 1)) for k in kinds])
+        fixed = {k: v for k, v in {"siftflow": 0.3, "person": 0.3}.items() if k in by_kind}
+        rest = (1.0 - sum(fixed.values())) / max(1, len(kinds) - len(fixed))
+        weights = np.array([fixed.get(k, rest) for k in kinds])
         weights = weights / weights.sum()
         n, failures = 0, 0
         while n < count:
