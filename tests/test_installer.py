@@ -87,7 +87,9 @@ def test_full_install_demo_and_uninstall(tmp_path):
     plugin = tmp_path / "config" / "GIMP" / "3.0" / "plug-ins" / "gimp-semantic"
     assert (plugin / "gimp-semantic.py").exists() and (plugin / "config.json").exists()
     assert "plug-in installed" in done.stdout
-    assert (tmp_path / "demo" / "sample-side-by-side.png").stat().st_size > 10_000
+    page = tmp_path / "demo" / "index.html"
+    assert str(page.resolve()) in done.stdout  # the demo says which file to open
+    assert 'src="harmonize-input.png"' in page.read_text() and (page.parent / "harmonize-input.png").is_file()
     launcher = Path(json.loads((plugin / "config.json").read_text())["daemon_command"][0])
     assert launcher.exists()
     again = subprocess.run(command[:-3], env=env, capture_output=True, text=True, timeout=1500)
