@@ -506,6 +506,13 @@ def render_cache(data_root: Path, out: Path, size: int, train_count: int, val_co
     return info
 
 
+def validation_half(out: Path) -> np.ndarray:
+    """For each cached validation composite, "select" (picks checkpoints) or "report" (the bench):
+    split by source photo, so the numbers a bench reports never chose the model they describe."""
+    groups = np.load(out / "val_group.npy")
+    return np.where(groups % 2 == 0, "select", "report")
+
+
 def load_cache(out: Path, name: str) -> dict[str, np.ndarray]:
     """Memory-mapped cache arrays written by ``render_cache``."""
     keys = ("composite", "target", "mask", "labels")

@@ -1,0 +1,121 @@
+"""Learned colour-transform harmonization at any resolution (the network is core/models/harmonizer.py).
+
+1. A copy of about R² pixels (aspect kept) is described: frozen ImageNet features and colour
+   statistics of the foreground (mask × alpha), the background and the ring around the object.
+2. The head predicts one global transform: a 3×3 colour matrix, an offset and a tone curve per channel.
+3. The transform is applied to the full-resolution pixels inside the mask's bounding box, strip by
+   strip, and blended with the soft mask and the strength: where the mask is 0 the result is the
+   input bit for bit; alpha is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from core.imaging.io import from_float, to_float
+from core.models.efficientnet_lite import WEIGHT_ID as BACKBONE_ID
+from core.models.harmonizer import HarmonizerConfig, WhiteBoxHarmonizer, curve_points
+from core.protocol import bad_input
+from core.weights import Manifest, load_verified_state
+
+DEFAULT_WEIGHTS = "harmonizer-lite0"
+STRIP_PIXELS = 1 << 20
+MIN_SIDE = 32  # the backbone's stride-32 map needs at least one cell
+
+
+def load_harmonizer(weight_id: str = DEFAULT_WEIGHTS, manifest: Manifest | None = None,
+                    device: torch.device | str = "cpu") -> WhiteBoxHarmonizer:
+    """Head from ``weight_id``, frozen backbone from the shared ImageNet file; both sha256-checked."""
+    manifest = manifest or Manifest.load()
+    model = WhiteBoxHarmonizer(HarmonizerConfig.from_dict(manifest.entry(weight_id).config))
+    load_verified_state(model.predictor, manifest, weight_id, "the harmonizer's transform predictor")
+    if model.backbone is not None:
+        load_verified_state(model.backbone, manifest, BACKBONE_ID, "the EfficientNet-Lite0 backbone")
+    return model.to(device).eval()
+
+
+def predict_transform(image: np.ndarray, mask: np.ndarray, model: WhiteBoxHarmonizer) -> np.ndarray:
+    """The transform's arguments (P floats) for this composite."""
+    height, width = mask.shape
+    scale = model.config.resolution / np.sqrt(height * width)
+    size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
+    image3 = image if image.ndim == 3 else image[..., None]
+    color_channels = 3 if image3.shape[2] >= 3 else 1
+    small = to_float(cv2.resize(np.ascontiguousarray(image3[..., :color_channels]), size,
+                                interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1))
+    if color_channels == 1:
+        small = np.repeat(small, 3, axis=2)
+    small_mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    alpha = None
+    if image3.shape[2] in (2, 4):
+        alpha_small = to_float(cv2.resize(np.ascontiguousarray(image3[..., color_channels]), size,
+                                          interpolation=cv2.INTER_AREA))
+        alpha = torch.from_numpy(np.ascontiguousarray(alpha_small, np.float32))[None, None]
+    device = model.predictor.description_mean.device
+    with torch.no_grad():
+        rgb = torch.from_numpy(np.ascontiguousarray(small, np.float32)).permute(2, 0, 1)[None].to(device)
+        m = torch.from_numpy(small_mask)[None, None].to(device)
+        params = model(rgb, m, None if alpha is None else alpha.to(device))
+    return params[0].double().cpu().numpy()
+
+
+def apply_global_transform(pixels: np.ndarray, params: np.ndarray, knots: int) -> np.ndarray:
+    """curve(M·x + b) on float RGB pixels (…×3) in [0, 1], in NumPy (no torch copy of a 24 MP image)."""
+    matrix = (np.eye(3) + params[:9].reshape(3, 3)).astype(np.float32)
+    offset = params[9:12].astype(np.float32)
+    points = curve_points(torch.from_numpy(params[12:].reshape(1, 3, knots)))[0].numpy().astype(np.float32)
+    mixed = pixels @ matrix.T + offset
+    out = np.empty_like(mixed)
+    for c in range(3):
+        position = mixed[..., c] * knots
+        segment = np.clip(np.floor(position), 0, knots - 1)
+        index = segment.astype(np.int64)
+        low, high = points[c][index], points[c][index + 1]
+        out[..., c] = low + (position - segment) * (high - low)
+    return np.clip(out, 0, 1, out=out)
+
+
+def harmonize_transform(image: np.ndarray, mask: np.ndarray, model: WhiteBoxHarmonizer, strength: float = 1.0,
+                        progress: Callable[[float, str], None] | None = None) -> np.ndarray:
+    """Harmonize the masked foreground of ``image`` (H×W×C, C in 1–4, u8/u16/f32) with one predicted
+    global colour transform. ``mask`` H×W float in [0, 1]. Returns the input's shape and dtype."""
+    if not 0.0 <= strength <= 1.0:
+        raise bad_input(f"Strength must be between 0 and 1, got {strength}.")
+    image3 = image if image.ndim == 3 else image[..., None]
+    if image3.shape[:2] != mask.shape[:2]:
+        raise bad_input(f"The mask is {mask.shape[1]}×{mask.shape[0]} but the image is "
+                        f"{image3.shape[1]}×{image3.shape[0]}; they must match.")
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.max() <= 0:
+        raise bad_input("The selection (foreground mask) is empty: select the pasted object first.")
+    if mask.min() >= 1:
+        raise bad_input("The selection covers the whole layer, so there is no background to match. "
+                        "Select only the pasted object, or use 'invert mask' if you selected the background.")
+    report = progress or (lambda fraction, text: None)
+    report(0.05, "Looking at the composite")
+    params = predict_transform(image, mask, model)
+    report(0.3, "Applying the colour transform at full resolution")
+    color_channels = 3 if image3.shape[2] >= 3 else 1
+    result = image.copy()
+    out3 = result if result.ndim == 3 else result[..., None]
+    rows = np.nonzero(mask.max(axis=1) > 0)[0]
+    cols = np.nonzero(mask.max(axis=0) > 0)[0]
+    y_start, y_stop, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    rows_per_strip = max(1, STRIP_PIXELS // (x1 - x0))
+    for y0 in range(y_start, y_stop, rows_per_strip):
+        y1 = min(y0 + rows_per_strip, y_stop)
+        block = image3[y0:y1, x0:x1, :color_channels]
+        original = to_float(block)
+        rgb = np.repeat(original, 3, axis=2) if color_channels == 1 else original
+        adjusted = apply_global_transform(rgb, params, model.config.curve_knots)
+        if color_channels == 1:
+            adjusted = adjusted.mean(axis=2, keepdims=True)
+        weight = mask[y0:y1, x0:x1, None] * np.float32(strength)
+        new = from_float(original + weight * (adjusted - original), image.dtype)
+        out3[y0:y1, x0:x1, :color_channels] = np.where(mask[y0:y1, x0:x1, None] > 0, new, block)
+        report(0.3 + 0.7 * (y1 - y_start) / (y_stop - y_start), "Applying at full resolution")
+    return result
