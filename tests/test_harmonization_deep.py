@@ -215,3 +215,46 @@ def test_harmonize_action_runs_the_deep_method():
     result = run({"image": image, "mask": mask_u8}, {"method": "deep"}, ctx)["image"]
     assert result.shape == image.shape and np.array_equal(result[mask == 0], image[mask == 0])
     assert any(key.startswith("dih:") for key in ctx.models.keys())  # loaded once, kept for the next job
+
+
+def _transparent_scene(hidden_rgb: int, dtype=np.uint8):
+    """RGBA scene whose left third is invisible (alpha 0) and holds ``hidden_rgb``; the rest is half
+    or fully opaque, and so is part of the foreground."""
+    image, mask = _scene(channels=4, dtype=np.uint8)
+    image[..., 3] = 255
+    image[:, 100:, 3] = 128
+    image[:, :50, :3] = hidden_rgb
+    image[:, :50, 3] = 0
+    image[40:60, 40:50, :3] = hidden_rgb  # invisible foreground pixels too (mask starts at column 36)
+    if dtype == np.uint16:
+        image = image.astype(np.uint16) * 257
+    return image, mask
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_invisible_pixels_do_not_change_the_result(dtype):
+    """As in statistics transfer, pixels with alpha 0 are neither foreground nor background: whatever
+    colour they hold, the visible pixels get the same result."""
+    model = _model()
+    dark, dark_mask = _transparent_scene(0, dtype)
+    bright, _ = _transparent_scene(255, dtype)
+    out_dark = harmonize_deep(dark, dark_mask, model)
+    out_bright = harmonize_deep(bright, dark_mask, model)
+    visible = dark[..., 3] > 0
+    assert np.array_equal(out_dark[visible], out_bright[visible])
+    assert not np.array_equal(out_dark[visible & (dark_mask == 1)], dark[visible & (dark_mask == 1)])
+    assert np.array_equal(out_dark[..., 3], dark[..., 3])
+
+
+def test_no_visible_background_is_bad_input():
+    image, mask = _scene(channels=4)
+    image[..., 3] = 0
+    image[mask == 1, 3] = 255  # only the fully selected pixels are visible
+    with pytest.raises(SemanticError) as info:
+        harmonize_deep(image, mask, _model())
+    assert info.value.code is ErrorCode.bad_input and "background" in info.value.message
+    image[..., 3] = 255
+    image[mask > 0, 3] = 0  # the selection is invisible
+    with pytest.raises(SemanticError) as info:
+        harmonize_deep(image, mask, _model())
+    assert info.value.code is ErrorCode.bad_input and "empty" in info.value.message

@@ -72,16 +72,20 @@ def harmonize_deep(image: np.ndarray, mask: np.ndarray, model: DeepHarmonization
                         f"{image3.shape[1]}×{image3.shape[0]}; they must match.")
     color_channels = 3 if image3.shape[2] >= 3 else 1
     mask = np.asarray(mask, dtype=np.float32)
-    if mask.max() <= 0:
+    # As in statistics transfer, invisible pixels (alpha 0) belong to neither the foreground nor the
+    # background: their colours are whatever the layer happens to hold.
+    alpha = image3[..., color_channels] if image3.shape[2] in (2, 4) else None
+    visible = alpha > 0 if alpha is not None else np.True_
+    if not np.any((mask > 0) & visible):
         raise bad_input("The selection (foreground mask) is empty: select the pasted object first.")
-    if mask.min() >= 1:
+    if not np.any((mask < 1) & visible):
         raise bad_input("The selection covers the whole layer, so there is no background to match. "
                         "Select only the pasted object, or use 'invert mask' if you selected the background.")
     report = progress or (lambda fraction, text: None)
 
     size = model.config.resolution
-    small = _small_rgb(image3[..., :color_channels], size)
     small_mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
+    small, small_alpha = _small_rgb(image3[..., :color_channels], size, alpha, small_mask)
     report(0.1, "Running the harmonization network")
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -89,17 +93,34 @@ def harmonize_deep(image: np.ndarray, mask: np.ndarray, model: DeepHarmonization
         m = torch.from_numpy(small_mask)[None, None].to(device)
         out = model(x, m)["image"].clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
     report(0.3, "Fitting the colour transform")
-    coeffs = fit_local_affine(small, out, small_mask)
+    coeffs = fit_local_affine(small, out, small_mask * small_alpha)
     return apply_local_affine(image, mask, coeffs, strength, report)
 
 
-def _small_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Area-downscale in the native dtype (no full-size float copy), then to float RGB."""
-    small = cv2.resize(np.ascontiguousarray(pixels), (size, size), interpolation=cv2.INTER_AREA)
-    small = to_float(small.reshape(size, size, -1))
+def _small_rgb(pixels: np.ndarray, size: int, alpha: np.ndarray | None,
+               small_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Area-downscaled float RGB and alpha. Where the layer is (partly) transparent, the visible
+    colours are laid over the alpha-weighted mean colour of their own region (foreground or
+    background, by ``small_mask``), so invisible pixels add nothing but that region's own mean."""
+    if alpha is None or to_float(np.array([alpha.min()], alpha.dtype))[0] >= 1:
+        # Opaque: downscale in the native dtype (no full-size float copy).
+        small = cv2.resize(np.ascontiguousarray(pixels), (size, size), interpolation=cv2.INTER_AREA)
+        small = to_float(small.reshape(size, size, -1))
+        small_alpha = np.ones((size, size), np.float32)
+    else:
+        weight = to_float(alpha)
+        premultiplied = to_float(pixels).reshape(*weight.shape, -1) * weight[..., None]
+        small = cv2.resize(premultiplied, (size, size), interpolation=cv2.INTER_AREA).reshape(size, size, -1)
+        small_alpha = cv2.resize(weight, (size, size), interpolation=cv2.INTER_AREA)
+        region_means = []
+        for region in (small_mask, 1 - small_mask):
+            w = region * small_alpha
+            region_means.append(np.einsum("hwc,hw->c", small, region) / max(float(w.sum()), 1e-6))
+        backdrop = small_mask[..., None] * region_means[0] + (1 - small_mask[..., None]) * region_means[1]
+        small = small + (1 - small_alpha[..., None]) * backdrop
     if small.shape[2] == 1:
         small = np.repeat(small, 3, axis=2)
-    return np.ascontiguousarray(small, dtype=np.float32)
+    return np.ascontiguousarray(small, dtype=np.float32), small_alpha
 
 
 def fit_local_affine(source: np.ndarray, target: np.ndarray, weight: np.ndarray,
