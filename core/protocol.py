@@ -4,7 +4,8 @@ Standard library only: the installer copies this file beside the GIMP plug-in, w
 no numpy and no access to the daemon's virtual environment. The daemon imports it as
 ``core.protocol``.
 
-Transport: HTTP/1.1 on 127.0.0.1 (curl-able; the same API can serve a remote GPU box later).
+Transport: HTTP/1.1 on 127.0.0.1 (curl-able). The daemon never listens elsewhere; a plug-in on another
+machine reaches it through an SSH tunnel (``ssh -L``) named by ``RemoteDaemon`` below.
 Every request carries ``Authorization: Bearer <token>``; the token lives in a 0600 file named
 in the discovery file.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -256,12 +258,16 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytearray:
 ProgressCallback = Callable[[float, str], None]
 
 
+LOCAL_DAEMON_HINT = "Start it with 'gimp-semantic daemon' or re-run the installer."
+
+
 class DaemonClient:
     def __init__(self, host: str, port: int, token: str, timeout: float = 600.0,
-                 client_version: str = ""):
+                 client_version: str = "", unreachable_hint: str = LOCAL_DAEMON_HINT):
         self.host, self.port, self.token = host, int(port), token
         self.timeout = timeout
         self.client_version = client_version
+        self.unreachable_hint = unreachable_hint  # what to do when the daemon cannot be reached
         self.max_payload_bytes: int | None = None  # learnt from health(); checked before sending
 
     def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
@@ -284,8 +290,8 @@ class DaemonClient:
             conn.request(method, path, headers=self._headers())
             response = conn.getresponse()
             body = response.read()
-        except OSError as exc:
-            raise unavailable(self.host, self.port, exc) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise unavailable(self.host, self.port, exc, self.unreachable_hint) from None
         finally:
             conn.close()
         data = _parse_json(body)
@@ -339,8 +345,8 @@ class DaemonClient:
                 elif frame.kind == "error":
                     raise SemanticError.from_dict(frame.header)
             raise SemanticError(ErrorCode.internal, "The daemon ended the job without a result.")
-        except OSError as exc:
-            raise unavailable(self.host, self.port, exc) from None
+        except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: the link dropped mid-job
+            raise unavailable(self.host, self.port, exc, self.unreachable_hint) from None
         finally:
             conn.close()
 
@@ -350,12 +356,9 @@ def iter_frames(response) -> Iterator[Frame]:
         yield frame
 
 
-def unavailable(host: str, port: int, exc: BaseException) -> SemanticError:
-    return SemanticError(
-        ErrorCode.daemon_unavailable,
-        f"Cannot reach the gimp-semantic daemon at {host}:{port} ({exc}). "
-        "Start it with 'gimp-semantic daemon' or re-run the installer.",
-    )
+def unavailable(host: str, port: int, exc: BaseException, hint: str = LOCAL_DAEMON_HINT) -> SemanticError:
+    return SemanticError(ErrorCode.daemon_unavailable,
+                         f"Cannot reach the gimp-semantic daemon at {host}:{port} ({exc}). {hint}")
 
 
 def _parse_json(body: bytes) -> dict:
@@ -392,3 +395,72 @@ class Discovery:
     def read_token(self) -> str:
         with open(self.token_file, encoding="utf-8") as f:
             return f.read().strip()
+
+
+# --- remote daemon (another machine, through an SSH tunnel) -------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteDaemon:
+    """A daemon on another machine, reached through ``ssh -N -L PORT:127.0.0.1:PORT host``.
+
+    Named by the plug-in's config.json keys ``port``, ``token_file`` (a copy of the token file the
+    daemon keeps with ``--token-file``) and ``address`` (the tunnel's local end, default 127.0.0.1).
+    A plug-in so configured never starts a local daemon.
+    """
+
+    address: str
+    port: int
+    token_file: str
+
+    @classmethod
+    def from_config(cls, config: dict, source: str = "config.json") -> RemoteDaemon | None:
+        """The remote daemon ``config`` names, None when it names none (use a local daemon)."""
+        if config.get("port") in (None, ""):
+            return None
+        port, token_file = config.get("port"), config.get("token_file")
+        address = config.get("address") or "127.0.0.1"
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise SemanticError(ErrorCode.daemon_unavailable,
+                                f"{source}: 'port' must be the tunnel's local port (1-65535), not {port!r}. "
+                                "Re-run the installer with --remote-port.")
+        if not isinstance(token_file, str) or not token_file or not isinstance(address, str):
+            raise SemanticError(ErrorCode.daemon_unavailable,
+                                f"{source} names a remote daemon (port {port}) but no 'token_file' with a copy "
+                                "of its token. Re-run the installer with --remote-token-file.")
+        return cls(address, port, token_file)
+
+    @property
+    def token_path(self) -> str:
+        return os.path.expanduser(self.token_file)
+
+    def tunnel_hint(self) -> str:
+        return (f"Is the SSH tunnel up? Open it with 'ssh -N -L {self.port}:127.0.0.1:{self.port} GPU-HOST' "
+                f"and check that the daemon runs there ('gimp-semantic-daemon --port {self.port} --idle-exit 0 "
+                "--token-file FILE'). This plug-in is set up for a remote daemon, so it starts no local one.")
+
+    def client(self, client_version: str = "") -> DaemonClient:
+        try:
+            with open(self.token_path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SemanticError(ErrorCode.daemon_unavailable,
+                                f"Cannot read the remote daemon's token from {self.token_path} ({exc}). Copy "
+                                "the file the daemon was started with (--token-file) from the GPU machine, "
+                                f"e.g. 'scp GPU-HOST:FILE {self.token_file}'.") from None
+        return DaemonClient(self.address, self.port, token, client_version=client_version,
+                            unreachable_hint=self.tunnel_hint())
+
+    def connect(self, client_version: str = "", timeout: float = 10.0) -> tuple[DaemonClient, dict]:
+        """A client and the daemon's health, or a SemanticError saying whether the tunnel or the token failed."""
+        client = self.client(client_version)
+        try:
+            return client, client.health(timeout=timeout)
+        except SemanticError as exc:
+            if exc.code is ErrorCode.unauthorized:
+                raise SemanticError(
+                    ErrorCode.unauthorized,
+                    f"The daemon behind {self.address}:{self.port} refused the token in {self.token_path}: the "
+                    "daemon was started with another token file, or that file changed. Copy it again from "
+                    "the GPU machine.") from None
+            raise

@@ -2,6 +2,7 @@
 """Install gimp-semantic: daemon environment, GIMP 3 plug-in, verified weights, self-check.
 
     python3 installer/install.py [--demo] [--gimp-dir DIR ...] [--venv DIR] [--uninstall]
+    python3 installer/install.py --remote-port PORT --remote-token-file FILE   (daemon on another machine)
 
 Standard library only (it runs before the virtual environment exists). Safe to re-run: every step
 checks what is already there. Linux, macOS and Windows paths are handled; Flatpak GIMP gets the
@@ -100,8 +101,16 @@ def install_plugin(config_dir: GimpConfigDir, settings: dict) -> Path:
     return target
 
 
-def plugin_settings(daemon_command: list[str], state_dir: Path) -> dict:
-    return {"version": __version__, "state_dir": str(state_dir), "daemon_command": daemon_command}
+def plugin_settings(daemon_command: list[str], state_dir: Path, remote: dict | None = None) -> dict:
+    """The plug-in's config.json; ``remote`` (remote_settings()) points it at a daemon behind an SSH tunnel."""
+    return {"version": __version__, "state_dir": str(state_dir), "daemon_command": daemon_command,
+            **(remote or {})}
+
+
+def remote_settings(port: int, token_file: Path, address: str = "127.0.0.1") -> dict:
+    if not 0 < port < 65536:
+        raise SystemExit(f"--remote-port must be a TCP port (1-65535), not {port}.")
+    return {"address": address, "port": port, "token_file": str(token_file.expanduser().absolute())}
 
 
 def write_daemon_launcher(data_dir: Path, python: Path, weights_dir: Path, state_dir: Path) -> Path:
@@ -156,6 +165,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="afterwards, run the demo on sample images")
     parser.add_argument("--demo-output", type=Path, default=Path("demo-output"))
     parser.add_argument("--uninstall", action="store_true", help="remove what the installer put in place")
+    remote = parser.add_argument_group("remote daemon", "the daemon runs on another machine (a GPU box), "
+                                       "reached through 'ssh -N -L PORT:127.0.0.1:PORT HOST'")
+    remote.add_argument("--remote-port", type=int, default=None, metavar="PORT",
+                        help="the SSH tunnel's local port; the plug-in then never starts a local daemon")
+    remote.add_argument("--remote-token-file", type=Path, default=None, metavar="FILE",
+                        help="a copy of the token file the remote daemon keeps (its --token-file)")
+    remote.add_argument("--remote-address", default="127.0.0.1", metavar="ADDR",
+                        help="the tunnel's local address (default 127.0.0.1)")
     return parser.parse_args(argv)
 
 
@@ -169,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.uninstall:
         uninstall(config_dirs, data_dir)
         return 0
+    if (args.remote_port is None) != (args.remote_token_file is None):
+        raise SystemExit("--remote-port and --remote-token-file go together (see the README's Remote GPU section).")
+    remote = remote_settings(args.remote_port, args.remote_token_file, args.remote_address) \
+        if args.remote_port is not None else None
     venv_dir = args.venv or data_dir / "venv"
     weights_dir = data_dir / "weights"
     state_dir = args.state_dir or default_state_dir()
@@ -178,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, SEMANTIC_WEIGHTS_DIR=str(weights_dir))
     launcher = write_daemon_launcher(data_dir, python, weights_dir, state_dir)
     if not args.no_plugin:
-        settings = plugin_settings(launcher_command(launcher), state_dir)
+        settings = plugin_settings(launcher_command(launcher), state_dir, remote)
+        if remote:
+            say(f"plug-in: remote daemon through {remote['address']}:{remote['port']}, "
+                f"token {remote['token_file']}")
         for config_dir in config_dirs:
             target = install_plugin(config_dir, settings)
             note = " (Flatpak: start the daemon yourself with " + str(launcher) + ")" if config_dir.flatpak else ""

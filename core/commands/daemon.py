@@ -1,9 +1,10 @@
-"""gimp-semantic daemon [--port P] [--idle-exit S]"""
+"""gimp-semantic daemon [--port P] [--idle-exit S] [--token-file FILE]"""
 
 from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 from core.daemon.server import Daemon, DaemonConfig, configure_logging
 from core.paths import discovery_file, log_dir, state_dir
@@ -22,6 +23,10 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda or mps")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for computation (default: PyTorch's choice, one per core)")
+    parser.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                        help="keep the access token in FILE (created 0600 if missing) across restarts, for "
+                             "a plug-in on another machine reaching this daemon through an SSH tunnel "
+                             "(default: a new token per start in the state folder)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
@@ -40,7 +45,8 @@ def run(args) -> int:
     configure_logging(log_file, args.verbose)
     config = DaemonConfig(port=args.port, idle_exit_s=args.idle_exit, model_idle_s=args.model_idle,
                           max_payload_mb=args.max_payload_mb, device=args.device,
-                          state_dir=state_dir(), log_file=log_file)
+                          state_dir=state_dir(), log_file=log_file,
+                          token_file=args.token_file.expanduser().absolute() if args.token_file else None)
     daemon = Daemon(config)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())

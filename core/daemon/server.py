@@ -12,6 +12,8 @@ import logging
 import os
 import queue
 import secrets
+import select
+import socket
 import threading
 import time
 import traceback
@@ -43,6 +45,10 @@ from core.protocol import (
 
 log = logging.getLogger("gimp_semantic.daemon")
 PROGRESS_INTERVAL_S = 0.05
+# How often a streaming job looks whether its client hung up. GIMP's Cancel button SIGKILLs the plug-in,
+# and a job waiting in line or between progress reports writes nothing that could fail, so we look.
+CLIENT_CHECK_S = 0.1
+MIN_TOKEN_CHARS = 16
 DISCARD_LIMIT_BYTES = 256 << 20
 
 
@@ -56,7 +62,9 @@ class DaemonConfig:
     device: str | None = None
     state_dir: Path = field(default_factory=Path)
     log_file: Path | None = None
-
+    # A token kept across restarts (created if missing), for clients on another machine that hold a
+    # copy of it (SSH tunnel); None: a fresh token per start in state_dir/token.
+    token_file: Path | None = None
 
 @dataclass
 class Job:
@@ -74,7 +82,7 @@ class Daemon:
         self.device = select_device(config.device)
         self.models = ModelCache(config.model_idle_s)
         self.actions = all_actions()
-        self.token = secrets.token_urlsafe(32)
+        self.token = _kept_token(config.token_file) if config.token_file else secrets.token_urlsafe(32)
         self.jobs: dict[str, Job] = {}
         self.jobs_lock = threading.Lock()
         self.compute_lock = threading.Lock()
@@ -128,8 +136,9 @@ class Daemon:
     def _write_discovery(self) -> None:
         state = self.config.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        token_path = state / "token"
-        _write_private(token_path, self.token + "\n")
+        token_path = self.config.token_file or state / "token"
+        if not self.config.token_file:
+            _write_private(token_path, self.token + "\n")
         discovery = Discovery(self.config.host, self.port, str(token_path), os.getpid(), __version__)
         _write_private(state / "daemon.json", discovery.to_json())
 
@@ -190,6 +199,7 @@ class Daemon:
         arrays = {name: to_numpy(array) for name, array in request.arrays.items()}
         with self.jobs_lock:
             self.jobs[job.id] = job
+        log.info("job %s %s accepted", job.id, action.name)
         worker = threading.Thread(target=self._run_job, args=(job, arrays, request.params),
                                   name=f"job-{job.id}", daemon=True)
         worker.start()
@@ -352,10 +362,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             self._write_chunk(encode_frame_parts(Frame("accepted", {"job": job.id})))
+            watch_client = True
             while True:
                 try:
-                    frame = job.events.get(timeout=1.0)
+                    frame = job.events.get(timeout=CLIENT_CHECK_S)
                 except queue.Empty:
+                    frame = None
+                if frame is None:
+                    if watch_client:
+                        state = self._client_state()
+                        if state == "gone":
+                            raise ConnectionResetError("the client closed the connection")
+                        watch_client = state == "connected"
                     continue
                 self._write_chunk(encode_frame_parts(frame))
                 if frame.kind in ("result", "error"):
@@ -365,6 +383,17 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             job.cancel_event.set()  # the client went away: stop computing for nobody
             self.close_connection = True
+
+    def _client_state(self) -> str:
+        """'gone' once the client closed its end, 'connected' while it waits silently, 'sending' when it
+        sent more bytes (a pipelined request: its end-of-stream is then not ours to watch for)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return "connected"
+            return "sending" if self.connection.recv(1, socket.MSG_PEEK) else "gone"
+        except OSError:  # reset by the peer
+            return "gone"
 
     def _write_chunk(self, parts: list) -> None:
         size = sum(len(p) for p in parts)
@@ -412,6 +441,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(status, {"error": exc.to_dict()})
         except OSError:
             self.close_connection = True
+
+
+def _kept_token(path: Path) -> str:
+    """The token in ``path``, created (0600) when missing; refused when others may read it."""
+    path = path.expanduser()
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_private(path, secrets.token_urlsafe(32) + "\n")
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            raise SemanticError(ErrorCode.bad_request,
+                                f"The token file {path} can be read by other users. Run 'chmod 600 {path}' "
+                                "and start the daemon again.")
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SemanticError(ErrorCode.bad_request, f"Cannot use the token file {path}: {exc}") from None
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise SemanticError(ErrorCode.bad_request,
+                            f"The token file {path} holds no usable token (one line of at least "
+                            f"{MIN_TOKEN_CHARS} characters). Delete it and the daemon writes a new one.")
+    return token
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -1,4 +1,8 @@
-"""Find the gimp-semantic daemon, starting it if needed (standard library only)."""
+"""Find the gimp-semantic daemon, starting it if needed (standard library only).
+
+With a remote daemon in config.json (address, port, token_file: an SSH tunnel's local end), connect
+there and never start one here.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from semantic_protocol import PROTOCOL_VERSION, DaemonClient, Discovery, ErrorCode, SemanticError
+from semantic_protocol import PROTOCOL_VERSION, DaemonClient, Discovery, ErrorCode, RemoteDaemon, SemanticError
 
 HERE = Path(__file__).resolve().parent
 CONFIG_FILE = HERE / "config.json"
@@ -66,6 +70,13 @@ def check_versions(config: dict, health: dict) -> None:
 def connect(on_status=None) -> DaemonClient:
     """A client for a healthy daemon of our version; starts one if none runs."""
     config = load_config()
+    remote = RemoteDaemon.from_config(config, str(CONFIG_FILE))
+    if remote is not None:
+        if on_status:
+            on_status(f"Connecting to the remote daemon through {remote.address}:{remote.port}")
+        client, health = remote.connect(config.get("version", ""))
+        check_versions(config, health)
+        return client
     client = try_connect(config)
     if client is not None:
         return client
