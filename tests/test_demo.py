@@ -132,3 +132,19 @@ def test_missing_weights_leave_the_rest_of_the_page_and_say_what_to_do(tmp_path,
     assert (tmp_path / "out" / "harmonize-statistics.png").is_file()  # needs no weights
     assert (tmp_path / "out" / "propagate-select-mask.png").is_file()
     assert "not shown" in capsys.readouterr().err
+
+
+def test_captions_name_the_weights_each_result_loaded():
+    from core.actions.base import ModelCache
+    from core.commands.demo import weights_text
+    from core.weights import Manifest
+
+    some_id = sorted(Manifest.load().entries)[0]
+    cache = ModelCache()
+    assert weights_text(cache) == "no trained weights"
+    cache.put(f"kind:{some_id}:cpu", object())
+    cache.put(f"{some_id}@cpu", object())
+    assert weights_text(cache) == f"weights {some_id}"
+    unknown = ModelCache()
+    unknown.put("kind:not-a-weight-id:cpu", object())
+    assert weights_text(unknown) == "trained weights, see weights/"

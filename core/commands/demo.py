@@ -17,7 +17,7 @@ from core.actions.adjust import STYLES, weight_id
 from core.actions.base import Arrays, JobContext, ModelCache
 from core.actions.harmonize import DEFAULT_METHOD, METHODS
 from core.actions.registry import find_action
-from core.colorization.pipeline import COLORIZER_WEIGHTS
+from core.colorization.pipeline import COLORIZER_WEIGHTS, GRIDNET_WEIGHTS
 from core.demo import scenes
 from core.demo.page import (
     CONTACT_SHEET_NAME,
@@ -82,24 +82,23 @@ class ActionRunner:
 
     device: torch.device
 
-    def __call__(self, name: str, arrays: Arrays, params: dict, what: str) -> tuple[Arrays, list[str]]:
+    def __call__(self, name: str, arrays: Arrays, params: dict, what: str) -> tuple[Arrays, str]:
+        """(the action's outputs, which weights it loaded, in words)."""
         cache = ModelCache()
         started = time.perf_counter()
         outputs = find_action(name).run(arrays, params, JobContext(self.device, cache))
         print(f"  {what}: {time.perf_counter() - started:.1f} s", flush=True)
-        return outputs, loaded_weights(cache)
+        return outputs, weights_text(cache)
 
 
-def loaded_weights(cache: ModelCache) -> list[str]:
+def weights_text(cache: ModelCache) -> str:
     """The manifest's weight ids among the cache keys' parts (actions key models as 'kind:id:device' or
-    'id@device')."""
+    'id@device'); a cache with keys that name no known id still says that trained weights were used."""
     known = set(Manifest.load().entries)
     parts = {part for key in cache.keys() for part in re.split(r"[:@]", key)}
-    return sorted(parts & known)
-
-
-def _weights_text(ids: list[str]) -> str:
-    return "weights " + ", ".join(ids) if ids else "no trained weights"
+    if parts & known:
+        return "weights " + ", ".join(sorted(parts & known))
+    return "trained weights, see weights/" if cache.keys() else "no trained weights"
 
 
 def _method_order() -> list[str]:
@@ -125,7 +124,7 @@ def harmonize_section(run_action: ActionRunner, size: int | None) -> Section:
             section.problems.append(f"method '{method}': {exc.message}")
             continue
         default = ", the default" if method == DEFAULT_METHOD else ""
-        caption = f"{method}{default} ({_weights_text(weights)})"
+        caption = f"{method}{default} ({weights})"
         section.panels.append(Panel(f"harmonize-{method}.png", caption, outputs["image"]))
     return section
 
@@ -152,15 +151,14 @@ def colorize_section(run_action: ActionRunner, size: int | None) -> Section:
     gray, original = scenes.gray_photo("rocket", size)
     section.panels.append(Panel("colorize-input.png", "input: a gray photo", gray))
     try:
-        outputs, weights = run_action("colorize", {"image": gray}, {}, "colorize (predicted map)")
+        outputs, _ = run_action("colorize", {"image": gray}, {}, "colorize (predicted map)")
     except SemanticError as exc:
         section.problems.append(exc.message)
         return section
-    map_weights = [w for w in weights if w != COLORIZER_WEIGHTS]
     section.panels += [
-        Panel("colorize-map.png", f"predicted map ({_weights_text(map_weights)})", outputs["map_rgb"],
+        Panel("colorize-map.png", f"predicted map (weights {GRIDNET_WEIGHTS})", outputs["map_rgb"],
               map_legend(outputs["map"], outputs["map_rgb"])),
-        Panel("colorize-result.png", f"colorized ({_weights_text([COLORIZER_WEIGHTS])})", outputs["image"]),
+        Panel("colorize-result.png", f"colorized (weights {COLORIZER_WEIGHTS})", outputs["image"]),
         Panel("colorize-original.png", "the original colors, for comparison", original),
     ]
     return section
