@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import operator
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -42,6 +43,10 @@ FRAME_MAGIC = b"GSF1"
 FRAME_PREFIX = struct.Struct("<4sIQ")
 FRAME_CONTENT_TYPE = "application/x-gimp-semantic-frames"
 MAX_HEADER_BYTES = 1 << 20
+# A payload is read in pieces of this size into a buffer that grows with what arrived: a frame header of a
+# few bytes can announce gigabytes and then stall, and reserving the announced size up front let one
+# such request hold 1.9 GB.
+READ_CHUNK_BYTES = 1 << 22
 DTYPE_SIZES = {"u8": 1, "u16": 2, "f32": 4}
 
 
@@ -57,6 +62,7 @@ class ErrorCode(str, Enum):
     out_of_memory = "out_of_memory"
     cancelled = "cancelled"
     daemon_unavailable = "daemon_unavailable"
+    busy = "busy"
     internal = "internal"
 
 
@@ -72,6 +78,7 @@ HTTP_STATUS = {
     ErrorCode.out_of_memory: 507,
     ErrorCode.cancelled: 499,
     ErrorCode.daemon_unavailable: 503,
+    ErrorCode.busy: 503,
     ErrorCode.internal: 500,
 }
 
@@ -88,7 +95,9 @@ class SemanticError(Exception):
         return {"code": self.code.value, "message": self.message}
 
     @classmethod
-    def from_dict(cls, data: dict) -> SemanticError:
+    def from_dict(cls, data: object) -> SemanticError:
+        if not isinstance(data, dict):
+            return cls(ErrorCode.internal, f"Unexpected error report: {json.dumps(data)[:200]}")
         return cls(str(data.get("code", "internal")), str(data.get("message", "unknown error")))
 
     def __str__(self) -> str:
@@ -109,7 +118,10 @@ class Array:
     data: bytes | bytearray | memoryview
 
     def __post_init__(self):
-        self.shape = tuple(int(s) for s in self.shape)
+        shape = whole_numbers(self.shape)
+        if shape is None:
+            raise bad_input(f"Array '{self.name}' has shape {self.shape!r}; its sides must be whole numbers.")
+        self.shape = shape
         if self.dtype not in DTYPE_SIZES:
             raise bad_input(f"Array '{self.name}' has unsupported type '{self.dtype}' (use u8, u16 or f32).")
         if not 2 <= len(self.shape) <= 3 or any(s <= 0 for s in self.shape):
@@ -138,6 +150,19 @@ class Array:
     @property
     def channels(self) -> int:
         return self.shape[2] if len(self.shape) == 3 else 1
+
+
+def whole_numbers(values: object) -> tuple[int, ...] | None:
+    """``values`` as a tuple of ints, or None unless it is a list or tuple of whole numbers.
+
+    Strict on purpose: int() would turn a shape of [8.7, 8, 3] into 8 rows, and True into 1.
+    """
+    if not isinstance(values, list | tuple) or any(isinstance(v, bool) for v in values):
+        return None
+    try:
+        return tuple(operator.index(v) for v in values)
+    except TypeError:
+        return None
 
 
 @dataclass
@@ -172,11 +197,15 @@ class JobRequest:
         params = header.get("params", {})
         if not isinstance(params, dict):
             raise SemanticError(ErrorCode.bad_request, "The request's params must be a JSON object.")
+        protocol = whole_numbers([header.get("protocol", -1)])
+        if protocol is None:
+            raise SemanticError(ErrorCode.bad_request, "The request's protocol must be a whole number, got "
+                                                       f"{json.dumps(header.get('protocol'))}.")
         return cls(
             action=header["action"],
             params=params,
             arrays=frame.arrays,
-            protocol=int(header.get("protocol", -1)),
+            protocol=protocol[0],
             client_version=str(header.get("client_version", "")),
         )
 
@@ -201,10 +230,12 @@ def encode_frame_parts(frame: Frame) -> list[bytes | memoryview]:
 
 
 def read_frame(read: Callable[[int], bytes], max_payload: int | None = None,
-               eof_ok: bool = False) -> Frame | None:
+               eof_ok: bool = False, body_size: int | None = None) -> Frame | None:
     """Read one frame with ``read(n)``; the payload lands in one buffer that arrays view.
 
-    With ``eof_ok``, a stream that ends cleanly before the frame starts returns None.
+    With ``eof_ok``, a stream that ends cleanly before the frame starts returns None. ``body_size``
+    (an HTTP body's Content-Length) must match the size the frame announces, checked before the
+    payload is read.
     """
     first = read(FRAME_PREFIX.size)
     if not first and eof_ok:
@@ -221,34 +252,53 @@ def read_frame(read: Callable[[int], bytes], max_payload: int | None = None,
             f"The image data is {payload_len / 1e6:.0f} MB, over the daemon's limit of "
             f"{max_payload / 1e6:.0f} MB. Use a smaller layer or raise --max-payload-mb.",
         )
+    frame_size = FRAME_PREFIX.size + header_len + payload_len
+    if body_size is not None and frame_size != body_size:
+        raise SemanticError(ErrorCode.bad_request, f"The frame announces {frame_size} bytes but the request "
+                                                   f"body (its Content-Length) has {body_size}.")
     try:
         header = json.loads(_read_exact(read, header_len))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SemanticError(ErrorCode.bad_request, f"Frame header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise SemanticError(ErrorCode.bad_request,
+                            f"The frame header must be a JSON object, not {json.dumps(header)[:40]}.")
+    descriptors = header.pop("arrays", [])
+    if not isinstance(descriptors, list):
+        raise SemanticError(ErrorCode.bad_request, "The frame header's 'arrays' must be a list of descriptors.")
+    places = [_array_place(desc, payload_len) for desc in descriptors]  # all checked before the payload
     payload = memoryview(_read_exact(read, payload_len))
-    arrays = {}
-    for desc in header.pop("arrays", []):
-        try:
-            start, nbytes = int(desc["offset"]), int(desc["nbytes"])
-            name = str(desc["name"])
-        except (KeyError, TypeError, ValueError):
-            raise SemanticError(ErrorCode.bad_request, "Malformed array descriptor.") from None
-        if start < 0 or start + nbytes > payload_len:
-            raise SemanticError(ErrorCode.bad_request, f"Array '{name}' lies outside the payload.")
-        arrays[name] = Array(name, str(desc.get("dtype")), tuple(desc.get("shape", ())),
-                             payload[start:start + nbytes])
+    arrays = {name: Array(name, dtype, shape, payload[start:start + nbytes])
+              for name, dtype, shape, start, nbytes in places}
     return Frame(str(header.pop("kind", "")), header, arrays)
 
 
+def _array_place(desc: object, payload_len: int) -> tuple[str, str, tuple[int, ...], int, int]:
+    """(name, dtype, shape, offset, nbytes) of one array descriptor, or a bad_request saying what is wrong."""
+    if not isinstance(desc, dict) or not isinstance(desc.get("name"), str):
+        raise SemanticError(ErrorCode.bad_request, "Malformed array descriptor: expected an object with a name.")
+    name = desc["name"]
+    place = whole_numbers([desc.get("offset"), desc.get("nbytes")])
+    if place is None:
+        raise SemanticError(ErrorCode.bad_request, f"Array '{name}' needs whole-number 'offset' and 'nbytes'.")
+    start, nbytes = place
+    if start < 0 or nbytes < 0 or start + nbytes > payload_len:
+        raise SemanticError(ErrorCode.bad_request, f"Array '{name}' lies outside the payload.")
+    shape = whole_numbers(desc.get("shape"))
+    if shape is None:
+        raise SemanticError(ErrorCode.bad_request,
+                            f"Array '{name}' has shape {json.dumps(desc.get('shape'))}; a shape is a list of "
+                            "whole numbers: height, width and channels.")
+    return name, str(desc.get("dtype")), shape, start, nbytes
+
+
 def _read_exact(read: Callable[[int], bytes], n: int) -> bytearray:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        chunk = read(min(n - got, 1 << 22))
+    buf = bytearray()  # grows as bytes arrive (see READ_CHUNK_BYTES), never to more than were sent
+    while len(buf) < n:
+        chunk = read(min(n - len(buf), READ_CHUNK_BYTES))
         if not chunk:
             raise SemanticError(ErrorCode.bad_request, "The connection closed in the middle of a frame.")
-        view[got:got + len(chunk)] = chunk
-        got += len(chunk)
+        buf += chunk
     return buf
 
 
@@ -278,7 +328,10 @@ class DaemonClient:
 
     def health(self, timeout: float = 5.0) -> dict:
         health = self._json("GET", "/v1/health", timeout=timeout)
-        self.max_payload_bytes = int(health.get("max_payload_bytes") or 0) or None
+        if health.get("name") != "gimp-semantic":
+            raise self._not_the_daemon("its answer is not a gimp-semantic health report")
+        limit = whole_numbers([health.get("max_payload_bytes")])
+        self.max_payload_bytes = limit[0] if limit and limit[0] > 0 else None
         return health
 
     def cancel(self, job_id: str) -> bool:
@@ -291,14 +344,30 @@ class DaemonClient:
             response = conn.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise unavailable(self.host, self.port, exc, self.unreachable_hint) from None
+            raise self._unreachable(exc) from None
         finally:
             conn.close()
         data = _parse_json(body)
         if response.status != 200:
-            fallback = {"code": "internal", "message": body.decode(errors="replace")}
-            raise SemanticError.from_dict(data.get("error", fallback))
+            raise self._refusal(response.status, data)
         return data
+
+    def _refusal(self, status: int, data: dict) -> SemanticError:
+        """The daemon's error answer; one not shaped like it comes from another program on the port."""
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str):
+            return SemanticError.from_dict(error)
+        return self._not_the_daemon(f"it answered HTTP {status}")
+
+    def _unreachable(self, exc: Exception) -> SemanticError:
+        if isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):
+            return self._not_the_daemon(f"it does not answer in HTTP: {str(exc)[:60]!r}")
+        return unavailable(self.host, self.port, exc, self.unreachable_hint)
+
+    def _not_the_daemon(self, what: str) -> SemanticError:
+        return SemanticError(ErrorCode.daemon_unavailable,
+                             f"The program answering at {self.host}:{self.port} is not the gimp-semantic daemon "
+                             f"({what}). {self.unreachable_hint}")
 
     def run(self, action: str, params: dict, arrays: list[Array] | dict[str, Array],
             on_progress: ProgressCallback | None = None,
@@ -315,6 +384,7 @@ class DaemonClient:
                 f"The image data is {payload / 1e6:.0f} MB, over the daemon's limit of "
                 f"{self.max_payload_bytes / 1e6:.0f} MB. Use a smaller layer or raise --max-payload-mb.")
         conn = self._connection()
+        streaming = False  # True once the daemon accepted the job: a failure then is no failure to connect
         try:
             headers = dict(self._headers(), **{"Content-Type": FRAME_CONTENT_TYPE,
                                                "Content-Length": str(sum(len(p) for p in parts))})
@@ -329,9 +399,8 @@ class DaemonClient:
                 pass  # the daemon refused early (e.g. too large); its answer is still there to read
             response = conn.getresponse()
             if response.status != 200:
-                data = _parse_json(response.read())
-                raise SemanticError.from_dict(data.get("error", {"code": "internal",
-                                                                 "message": f"HTTP {response.status}"}))
+                raise self._refusal(response.status, _parse_json(response.read()))
+            streaming = True
             for frame in iter_frames(response):
                 if frame.kind == "accepted":
                     job_id = frame.header.get("job", "")
@@ -341,12 +410,20 @@ class DaemonClient:
                     if should_cancel and should_cancel():
                         self.cancel(job_id)
                 elif frame.kind == "result":
+                    _read_to_end(response)
                     return frame
                 elif frame.kind == "error":
+                    _read_to_end(response)
                     raise SemanticError.from_dict(frame.header)
             raise SemanticError(ErrorCode.internal, "The daemon ended the job without a result.")
         except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: the link dropped mid-job
-            raise unavailable(self.host, self.port, exc, self.unreachable_hint) from None
+            if streaming:
+                raise SemanticError(
+                    ErrorCode.daemon_unavailable,
+                    f"The connection to the gimp-semantic daemon at {self.host}:{self.port} broke during the "
+                    f"job ({type(exc).__name__}): the daemon stopped or crashed. Run the job again; if this "
+                    "repeats, the daemon's log says why.") from None
+            raise self._unreachable(exc) from None
         finally:
             conn.close()
 
@@ -354,6 +431,15 @@ class DaemonClient:
 def iter_frames(response) -> Iterator[Frame]:
     while (frame := read_frame(response.read, eof_ok=True)) is not None:
         yield frame
+
+
+def _read_to_end(response) -> None:
+    """Read the stream's end marker after its last frame: closing with it unread resets the connection,
+    which the daemon would see as an error."""
+    try:
+        response.read()
+    except (OSError, http.client.HTTPException):
+        pass  # the job's last frame is complete; a broken end marker changes nothing for the caller
 
 
 def unavailable(host: str, port: int, exc: BaseException, hint: str = LOCAL_DAEMON_HINT) -> SemanticError:
@@ -388,9 +474,32 @@ class Discovery:
 
     @classmethod
     def from_json(cls, text: str) -> Discovery:
+        """Raises ValueError for anything but a discovery object (empty, truncated or foreign files)."""
         data = json.loads(text)
-        return cls(str(data["address"]), int(data["port"]), str(data["token_file"]),
-                   int(data["pid"]), str(data["version"]), int(data.get("protocol", -1)))
+        if not isinstance(data, dict):
+            raise ValueError(f"a discovery file holds a JSON object, not {text.strip()[:40]!r}")
+        numbers = whole_numbers([data.get("port"), data.get("pid"), data.get("protocol", -1)])
+        if numbers is None or not all(isinstance(data.get(k), str) for k in ("address", "token_file", "version")):
+            raise ValueError("the discovery file lacks address, port, token_file, pid or version")
+        port, pid, protocol = numbers
+        return cls(data["address"], port, data["token_file"], pid, data["version"], protocol)
+
+    def process_exists(self) -> bool:
+        """Whether the daemon's process still runs, as far as this machine's process table tells.
+
+        After a daemon died, its port may belong to any other program, which must not be sent the token.
+        """
+        if os.name != "posix":
+            return True  # os.kill(pid, 0) would end the process on Windows; the health check decides there
+        if self.pid <= 0:
+            return False  # 0 and -1 address process groups, not one process
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False  # another user's process: not a daemon this user started
+        return True
 
     def read_token(self) -> str:
         with open(self.token_file, encoding="utf-8") as f:

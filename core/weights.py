@@ -72,11 +72,15 @@ class Manifest:
         path = directory / MANIFEST_NAME
         if not path.exists():
             return cls({}, directory)
-        data = json.loads(path.read_text())
         entries = {}
-        for item in data.get("weights", []):
-            entry = WeightEntry(**item)
-            entries[entry.id] = entry
+        try:
+            for item in json.loads(path.read_text(encoding="utf-8")).get("weights", []):
+                entry = WeightEntry(**item)
+                entries[entry.id] = entry
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # unreadable, not JSON, wrong shape
+            raise SemanticError(ErrorCode.weights_corrupt,
+                                f"The weights manifest {path} cannot be read ({type(exc).__name__}: {exc}). "
+                                "Re-run the installer to restore it.") from None
         return cls(entries, directory)
 
     def save(self) -> None:

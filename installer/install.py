@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             note = " (Flatpak: start the daemon yourself with " + str(launcher) + ")" if config_dir.flatpak else ""
             say(f"plug-in: {target}{note}")
     say("self-check:")
-    subprocess.run([str(python), "-m", "core", "doctor"], env=env)
+    # The folders the plug-in went into, when the user chose them: doctor checks those, not GIMP's defaults.
+    asked = [] if args.no_plugin or not args.gimp_dir else [f"--gimp-dir={d.path}" for d in config_dirs]
+    subprocess.run([str(python), "-m", "core", "doctor", *asked], env=env)
     if args.demo:
         say(f"demo: writing results into {args.demo_output.resolve()}")
         _check([str(python), "-m", "core", "demo", "-o", str(args.demo_output)], env=env)

@@ -16,6 +16,7 @@ masks "masks" (H×W×n u8); always "class_colors" (n×1×3 u8, the class order o
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -62,6 +63,10 @@ def _color(params: dict, name: str, default: tuple[int, int, int]) -> tuple[int,
     return color
 
 
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg):
     if "strokes" in arrays:
         scribbles = require_image(arrays, "strokes", channels=(3, 4))
@@ -73,8 +78,8 @@ def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg):
         return labels_from_scribbles(to_uint8(scribbles))
     if "paths" in params:
         offset = params.get("offset", [0, 0])
-        if not (isinstance(offset, list | tuple) and len(offset) == 2):
-            raise bad_input("'offset' must be [x, y].")
+        if not (isinstance(offset, list | tuple) and len(offset) == 2 and all(_is_finite_number(v) for v in offset)):
+            raise bad_input(f"'offset' must be [x, y], the layer's offsets as two numbers; got {offset!r:.60}.")
         brush = get_float(params, "brush_width", 5.0, 1.0, 500.0)
         paths = paths_from_params(params["paths"], (float(offset[0]), float(offset[1])))
         return labels_from_scribbles(rasterize_paths(paths, height, width, brush, fg, bg))

@@ -57,6 +57,10 @@ def connect(timeout: float = 3600.0) -> DaemonClient:
                             f"No daemon is running (no {path}). Start one with 'gimp-semantic daemon'.") from None
     except (OSError, ValueError, KeyError) as exc:
         raise SemanticError(ErrorCode.daemon_unavailable, f"Cannot read {path}: {exc}") from None
+    if not discovery.process_exists():  # its port may be another program's by now: keep the token here
+        raise SemanticError(ErrorCode.daemon_unavailable,
+                            f"No daemon is running: the one {path} names (pid {discovery.pid}) has exited. "
+                            "Start one with 'gimp-semantic daemon'.")
     return DaemonClient(discovery.address, discovery.port, token, timeout, client_version=__version__)
 
 

@@ -6,9 +6,9 @@ import signal
 import sys
 from pathlib import Path
 
-from core.daemon.server import Daemon, DaemonConfig, configure_logging
+from core.daemon.server import SOCKET_TIMEOUT_S, Daemon, DaemonConfig, configure_logging
 from core.paths import discovery_file, log_dir, state_dir
-from core.protocol import DaemonClient, Discovery, SemanticError
+from core.protocol import DaemonClient, Discovery, ErrorCode, SemanticError
 
 
 def register(subparsers) -> None:
@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                         help="keep the access token in FILE (created 0600 if missing) across restarts, for "
                              "a plug-in on another machine reaching this daemon through an SSH tunnel "
                              "(default: a new token per start in the state folder)")
+    parser.add_argument("--socket-timeout", type=float, default=SOCKET_TIMEOUT_S, metavar="S",
+                        help="close a connection that sends or reads nothing for S seconds "
+                             f"(default {SOCKET_TIMEOUT_S:.0f})")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
@@ -45,7 +48,7 @@ def run(args) -> int:
     configure_logging(log_file, args.verbose)
     config = DaemonConfig(port=args.port, idle_exit_s=args.idle_exit, model_idle_s=args.model_idle,
                           max_payload_mb=args.max_payload_mb, device=args.device,
-                          state_dir=state_dir(), log_file=log_file,
+                          state_dir=state_dir(), log_file=log_file, socket_timeout_s=args.socket_timeout,
                           token_file=args.token_file.expanduser().absolute() if args.token_file else None)
     daemon = Daemon(config)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
@@ -59,7 +62,11 @@ def run(args) -> int:
 def _running_daemon() -> Discovery | None:
     try:
         discovery = Discovery.from_json(discovery_file().read_text())
+        if not discovery.process_exists():
+            return None  # a stale file: its port may be another program's by now, not one to send the token
         DaemonClient(discovery.address, discovery.port, discovery.read_token()).health(timeout=2.0)
         return discovery
-    except (OSError, ValueError, KeyError, SemanticError):
+    except SemanticError as exc:
+        return discovery if exc.code is ErrorCode.busy else None
+    except (OSError, ValueError, KeyError):
         return None

@@ -50,6 +50,18 @@ PROGRESS_INTERVAL_S = 0.05
 CLIENT_CHECK_S = 0.1
 MIN_TOKEN_CHARS = 16
 DISCARD_LIMIT_BYTES = 256 << 20
+# The HTTP edge's limits. Clients open one short connection per request, so a connection that sends or
+# reads nothing for SOCKET_TIMEOUT_S is stalled or abandoned and is closed. Each connection holds a
+# thread: past MAX_CONNECTIONS at once, new ones get a 503 'busy' and are closed (200 idle connections
+# once held 205 threads). LISTEN_BACKLOG lets a burst of clients queue in the kernel instead of waiting
+# out SYN retries (1 s each with the default of 5).
+SOCKET_TIMEOUT_S = 60.0
+MAX_CONNECTIONS = 64
+LISTEN_BACKLOG = 128
+# How long a stopping daemon (SIGTERM, Ctrl+C) lets running jobs' streams carry the news to their clients.
+SHUTDOWN_GRACE_S = 5.0
+STOPPED_MESSAGE = ("The gimp-semantic daemon was stopped while this job ran (it was asked to quit). Run the "
+                   "job again: the plug-in starts a new daemon when none runs.")
 
 
 @dataclass
@@ -62,9 +74,11 @@ class DaemonConfig:
     device: str | None = None
     state_dir: Path = field(default_factory=Path)
     log_file: Path | None = None
+    socket_timeout_s: float = SOCKET_TIMEOUT_S
     # A token kept across restarts (created if missing), for clients on another machine that hold a
     # copy of it (SSH tunnel); None: a fresh token per start in state_dir/token.
     token_file: Path | None = None
+
 
 @dataclass
 class Job:
@@ -89,6 +103,7 @@ class Daemon:
         self.last_activity = time.monotonic()
         self._active_requests = 0
         self._active_lock = threading.Lock()
+        self._requests_done = threading.Condition(self._active_lock)
         self.stopping = threading.Event()
         try:
             self.http = _Server((config.host, config.port), _Handler, daemon=self)
@@ -113,14 +128,19 @@ class Daemon:
             self.http.serve_forever(poll_interval=0.2)
         finally:
             self.http.server_close()
+            # Request threads die with the process: let those at work finish their answer first.
+            with self._requests_done:
+                self._requests_done.wait_for(lambda: self._active_requests == 0, SHUTDOWN_GRACE_S)
             self._remove_discovery()
             log.info("daemon stopped")
 
     def stop(self) -> None:
         if not self.stopping.is_set():
             self.stopping.set()
+            stopped = Frame("error", SemanticError(ErrorCode.daemon_unavailable, STOPPED_MESSAGE).to_dict())
             with self.jobs_lock:
                 for job in self.jobs.values():
+                    job.events.put(stopped)  # ahead of the job's own 'cancelled', which would not say why
                     job.cancel_event.set()
             threading.Thread(target=self.http.shutdown, daemon=True).start()
 
@@ -167,6 +187,7 @@ class Daemon:
     def request_ended(self) -> None:
         with self._active_lock:
             self._active_requests -= 1
+            self._requests_done.notify_all()
         self.touch()
 
     def authorized(self, header: str | None) -> bool:
@@ -263,15 +284,62 @@ class Daemon:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address, handler, daemon: Daemon):
         self.semantic = daemon
+        self.connection_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.connection_slots.acquire(blocking=False):
+            self._turn_away(request)
+            return
+        try:
+            super().process_request(request, client_address)  # a thread, which frees the slot at its end
+        except BaseException:
+            self.connection_slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connection_slots.release()
+
+    def _turn_away(self, request: socket.socket) -> None:
+        """503 'busy', written on the accepting thread without waiting for the request: a thread per refused
+        connection is what the cap is there to prevent."""
+        error = SemanticError(ErrorCode.busy,
+                              f"The gimp-semantic daemon already serves {MAX_CONNECTIONS} connections, its "
+                              "limit. Close other clients of it, or try again in a minute.")
+        body = json.dumps({"error": error.to_dict()}).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)
+            request.send(head + body)  # a few hundred bytes: an empty socket buffer takes them at once
+            request.shutdown(socket.SHUT_WR)
+            while request.recv(1 << 16):
+                pass  # what the client sent so far: closing with it unread would reset the connection
+        except OSError:
+            pass  # BlockingIOError: nothing more has arrived; anything else: the client is gone already
+        self.close_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver prints these on stderr, which a user who runs the daemon in a terminal sees.
+        log.error("connection from %s failed:\n%s", client_address, traceback.format_exc())
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        # Reads and writes on the connection give up after this long without progress, so a stalled
+        # client frees its thread and whatever its request holds.
+        self.timeout = self.server.semantic.config.socket_timeout_s
+        super().setup()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature from the base class
         log.debug("%s " + format, self.address_string(), *args)
@@ -280,26 +348,61 @@ class _Handler(BaseHTTPRequestHandler):
     def daemon(self) -> Daemon:
         return self.server.semantic
 
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except OSError as exc:
+            # Between requests: the client reset the connection (e.g. closed it with an answer unread) or
+            # stalled. Nobody is left to answer, and nothing is wrong with the daemon.
+            log.debug("%s: connection ended: %s", self.address_string(), exc)
+            self.close_connection = True
+
+    def handle_expect_100(self) -> bool:
+        """'100 Continue' only for a request that will be read: a wrong token or an oversized body gets
+        its final answer before the client sends the body."""
+        try:
+            self._check_token()
+            if self.command == "POST" and self.path.strip("/") == "v1/jobs":
+                self._check_size(self._content_length())
+        except SemanticError as exc:
+            self.close_connection = True
+            self._send_error(exc)
+            return False
+        return super().handle_expect_100()
+
     def do_GET(self) -> None:
         self._guarded(self._get)
 
     def do_POST(self) -> None:
         self._guarded(self._post)
 
+    def _check_token(self) -> None:
+        if not self.daemon.authorized(self.headers.get("Authorization")):
+            raise SemanticError(ErrorCode.unauthorized,
+                                "Missing or wrong token. Clients read it from the file named in the "
+                                "daemon's discovery file.")
+
     def _guarded(self, handler) -> None:
         daemon = self.daemon
         daemon.request_started()
         try:
-            if not daemon.authorized(self.headers.get("Authorization")):
+            try:
+                self._check_token()
+            except SemanticError:
                 self._discard_body()
-                raise SemanticError(ErrorCode.unauthorized,
-                                    "Missing or wrong token. Clients read it from the file named in the "
-                                    "daemon's discovery file.")
+                raise
             handler()
         except SemanticError as exc:
             self._send_error(exc)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except OSError as exc:  # the client went away or stalled past the socket timeout: nobody to answer
+            log.debug("%s %s: connection ended: %s", self.command, self.path, exc)
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a bug must still get an answer; the log has the traceback
+            log.error("%s %s failed:\n%s", self.command, self.path, traceback.format_exc())
+            self.close_connection = True
+            self._send_error(SemanticError(
+                ErrorCode.internal, f"Internal error in the daemon: {type(exc).__name__}: {exc}. Details are "
+                                    f"in the daemon log {daemon.config.log_file or ''}."))
         finally:
             daemon.request_ended()
 
@@ -329,13 +432,12 @@ class _Handler(BaseHTTPRequestHandler):
                 f"The client speaks protocol {declared}, the daemon (version {__version__}) speaks "
                 f"{PROTOCOL_VERSION}. Re-run the installer so the plug-in and daemon match.")
         length = self._content_length()
-        limit = int(self.daemon.config.max_payload_mb * 1e6)
-        if length > limit + (1 << 20):
+        try:
+            self._check_size(length)
+        except SemanticError:
             self._discard_body()  # read what is cheap to read, so the client sees the 413, not a reset
-            raise SemanticError(
-                ErrorCode.payload_too_large,
-                f"The request is {length / 1e6:.0f} MB, over the daemon's limit of {limit / 1e6:.0f} MB. "
-                "Use a smaller layer, or start the daemon with a larger --max-payload-mb.")
+            raise
+        limit = int(self.daemon.config.max_payload_mb * 1e6)
         remaining = [length]
 
         def read(n: int) -> bytes:
@@ -344,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
             remaining[0] -= len(data)
             return data
 
-        frame = read_frame(read, max_payload=limit)
+        frame = read_frame(read, max_payload=limit, body_size=length)
         if remaining[0]:
             self.close_connection = True
             raise SemanticError(ErrorCode.bad_request, "The request body is longer than its frame.")
@@ -402,6 +504,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(part)
         self.wfile.write(b"\r\n")
         self.wfile.flush()
+
+    def _check_size(self, length: int) -> None:
+        """The body's size against --max-payload-mb (plus room for the frame's header)."""
+        limit = int(self.daemon.config.max_payload_mb * 1e6)
+        if length > limit + (1 << 20):
+            raise SemanticError(
+                ErrorCode.payload_too_large,
+                f"The request is {length / 1e6:.0f} MB, over the daemon's limit of {limit / 1e6:.0f} MB. "
+                "Use a smaller layer, or start the daemon with a larger --max-payload-mb.")
 
     def _content_length(self) -> int:
         try:

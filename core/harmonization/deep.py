@@ -27,6 +27,7 @@ from core.weights import Manifest
 
 DEFAULT_WEIGHTS = "dih-small"
 STRIP_PIXELS = 1 << 20  # full-resolution pixels per strip: ~50 MB of float32 coefficients
+REMAP_MAX_COLUMNS = 16_384  # OpenCV's remap refuses maps of 32767 (SHRT_MAX) columns or more
 FIT_EPS = 2e-3  # ridge towards the identity, in variance units of [0, 1] colour (σ ≈ 0.045)
 PRIOR_FRACTION = 0.1  # weight of the global fit inside each window, as a fraction of the window
 
@@ -175,11 +176,16 @@ def apply_local_affine(image: np.ndarray, mask: np.ndarray, coeffs: np.ndarray, 
     y_start, y_stop, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     h, w = coeffs.shape[:2]
     # Horizontal pass once for the box's columns (h × box width × 12), vertical interpolation per strip.
+    # cv2.remap takes maps below 32767 columns, so wider boxes go in pieces (columns are independent).
     xs = (np.arange(x0, x1, dtype=np.float32) + 0.5) * (w / width) - 0.5
-    map_x = np.repeat(xs[None], h, axis=0)
-    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None], x1 - x0, axis=1)
-    wide = np.stack([cv2.remap(np.ascontiguousarray(coeffs[..., i]), map_x, map_y, cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE) for i in range(12)], axis=2)
+    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None], min(x1 - x0, REMAP_MAX_COLUMNS), axis=1)
+    wide = np.empty((h, x1 - x0, 12), np.float32)
+    for c0 in range(0, x1 - x0, REMAP_MAX_COLUMNS):
+        map_x = np.repeat(xs[None, c0:c0 + REMAP_MAX_COLUMNS], h, axis=0)
+        for i in range(12):
+            wide[:, c0:c0 + map_x.shape[1], i] = cv2.remap(
+                np.ascontiguousarray(coeffs[..., i]), map_x, map_y[:, :map_x.shape[1]], cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE)
     rows_per_strip = max(1, STRIP_PIXELS // (x1 - x0))
     for y0 in range(y_start, y_stop, rows_per_strip):
         y1 = min(y0 + rows_per_strip, y_stop)

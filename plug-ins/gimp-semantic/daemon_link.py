@@ -44,6 +44,10 @@ def try_connect(config: dict) -> DaemonClient | None:
     path = discovery_path(config)
     try:
         discovery = Discovery.from_json(path.read_text(encoding="utf-8"))
+        # A dead daemon's port may be another program's by now: it must not get the token. Flatpak GIMP
+        # sees its own process table, where the daemon outside never shows, so it relies on the health check.
+        if not in_flatpak() and not discovery.process_exists():
+            return None
         client = DaemonClient(discovery.address, discovery.port, discovery.read_token(),
                               client_version=config.get("version", ""))
         health = client.health(timeout=3.0)

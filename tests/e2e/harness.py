@@ -91,17 +91,25 @@ class RunningDaemon:
             self.process.wait()
 
 
-def start_daemon(state_dir: Path, *extra: str, env: dict | None = None, timeout: float = 60.0) -> RunningDaemon:
+def start_daemon(state_dir: Path, *extra: str, env: dict | None = None, timeout: float = 60.0,
+                 stderr_path: Path | None = None) -> RunningDaemon:
+    """The daemon's stderr goes to ``stderr_path`` when given (to check what a user in a terminal sees)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ if env is None else env, SEMANTIC_STATE_DIR=str(state_dir),
                SEMANTIC_LOG_DIR=str(state_dir / "log"))
-    process = subprocess.Popen([sys.executable, "-m", "core", "daemon", *extra], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sink = open(stderr_path, "wb") if stderr_path else None  # noqa: SIM115 - the child keeps its own copy
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "core", "daemon", *extra], cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=sink or subprocess.PIPE)
+    finally:
+        if sink:
+            sink.close()
     discovery_path = state_dir / "daemon.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"daemon exited: {process.stderr.read().decode(errors='replace')}")
+            output = stderr_path.read_bytes() if stderr_path else process.stderr.read()
+            raise RuntimeError(f"daemon exited: {output.decode(errors='replace')}")
         if discovery_path.exists():
             try:
                 discovery = Discovery.from_json(discovery_path.read_text())
