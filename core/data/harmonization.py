@@ -13,6 +13,10 @@ Three kinds of change, in the proportions of ``CHANGE_KINDS``, each the way real
 * ``relight``: the object lit differently from its new surroundings: brighter or darker, warmer or
   cooler light, flatter or harder shading, light falling off across the object.
 
+Half of the time the whole scene is then re-lit (night to bright day, tungsten to shade, coloured
+light) and the target is the re-lit photo, while the object keeps the light it was photographed
+in (or its changed appearance): what pasting an object from another photo does.
+
 Region sources (all folders are arguments; see ``../shared/datasets/README.md``):
 
 * ``siftflow/train``: 33-class labels, used for regions, same-class references and the
@@ -45,6 +49,9 @@ IGNORE_LABEL = 255
 SIFTFLOW_CLASSES = 33  # ids 1..33 in the label PNGs; 0 = unlabeled
 TRANSFER_METHODS = ("lab_stats", "luminance", "temperature", "histogram")
 CHANGE_KINDS = {"reference": 0.35, "retouch": 0.4, "relight": 0.25}  # probability of each kind of change
+# Probability that the whole scene is re-lit while the object keeps the photo's original light (as an
+# object cut from a daylight photo and pasted into a dusk or night scene): the target is the re-lit scene.
+SCENE_RELIGHT = 0.5
 PERSON_CLASS = 18  # SIFT Flow's "person"; person-mask photos share it for same-class references
 MIN_REGION, MAX_REGION = 0.05, 0.6  # region area as a fraction of the image (iHarmony4 keeps 5%–80%)
 MIN_CHANGE = 0.02  # mean |Δ| on the region in [0, 1]; weaker edits teach nothing and are redrawn
@@ -273,6 +280,18 @@ def retouch(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 1).astype(np.float32)
 
 
+def relight_scene(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The whole photo under other light: from night (−4 stops) to bright day (+1.5), from tungsten to
+    shade; sometimes a coloured tint of dusk or neon."""
+    light = np.float32(2.0 ** rng.uniform(-4.0, 1.5))
+    warmth = rng.uniform(-0.5, 0.5)
+    colour = np.array([1 + warmth, 1 + 0.2 * warmth, 1 - warmth], np.float32)
+    if rng.random() < 0.25:
+        colour = colour * rng.uniform(0.6, 1.4, 3).astype(np.float32)
+    linear = _to_linear(rgb) * light * colour / _luminance(colour[None])[0]
+    return _to_display(linear)
+
+
 def relight(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The object lit otherwise than its surroundings: light level and colour, flatter or harder
     shading, and light falling off across the object."""
@@ -376,6 +395,10 @@ def make_sample(sources: list[Source], index: int, rng: np.random.Generator, siz
                 edited = transfer_appearance(edited, mask, ref_rgb, ref_mask, str(method), rng.uniform(0.4, 1.0))
         if rng.random() < 0.3:  # users' selections are often feathered
             mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.7, 2.0))
+        if rng.random() < SCENE_RELIGHT:
+            if rng.random() < 0.5:
+                edited = rgb  # the object as photographed, the scene re-lit around it
+            rgb = relight_scene(rgb, rng)
         composite = rgb + mask[..., None] * (edited - rgb)
         if np.abs(composite - rgb)[mask > 0.5].mean() < MIN_CHANGE:
             continue
