@@ -18,6 +18,12 @@ in the discovery file.
 
 Errors before a stream starts are a non-2xx status with JSON ``{"error": {"code", "message"}}``.
 
+Limits (core/daemon/server.py): a body over the daemon's ``--max-payload-mb`` (default 2048 MB, told
+in health's ``max_payload_bytes``) gets 413 ``payload_too_large`` before it is read, and with
+``Expect: 100-continue`` before it is sent; a body is held only as far as it has arrived. A frame must
+fill its body exactly (400 otherwise). A connection silent for ``--socket-timeout`` (default 60 s) is
+closed; past 64 connections at once, new ones get 503 ``busy``.
+
 Frame layout (all integers little-endian):
 
     b"GSF1" | header length: u32 | payload length: u64 | header: UTF-8 JSON | payload: raw bytes
