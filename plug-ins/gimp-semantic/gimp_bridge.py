@@ -126,8 +126,9 @@ class Progress:
     Its Cancel button never reaches this process as a callback: GIMP 3 answers it by closing the
     plug-in (gimp_plug_in_progress_cancel_callback -> gimp_plug_in_close: GP_QUIT, 10 ms, SIGKILL), and
     libgimp's progress vtable is for plug-ins that display others' progress. So Cancel works through
-    the daemon: our connection closes with the killed process, the daemon drops the job within
-    ~0.2 s, and since results are written only after the job returns, the image stays as it was.
+    the daemon: our connection closes with the killed process, the daemon drops the job at its next
+    progress report (0.2-0.6 s measured), and since results are written only after the job returns,
+    the image stays as it was.
     Checked with GIMP 3.0.4 and 3.2.6 under Xvfb by clicking the statusbar's Cancel (the procedure
     returns "Cancelled", the daemon logs the job cancelled); tests/e2e/test_cancel_e2e.py does the kill.
     """
