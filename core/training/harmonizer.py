@@ -32,9 +32,10 @@ LOSS_SIZE = 64
 
 
 def describe_split(model: WhiteBoxHarmonizer, cache: dict[str, np.ndarray], path: Path, batch: int = 16,
-                   log=print) -> dict[str, np.ndarray]:
-    """Descriptions and 64² pixels of every cached composite, saved to ``path`` (resumable by chunks)."""
-    n = len(cache["composite"])
+                   limit: int | None = None, log=print) -> dict[str, np.ndarray]:
+    """Descriptions and 64² pixels of the first ``limit`` cached composites (all by default), saved to
+    ``path``; resumable by chunks of 800."""
+    n = min(len(cache["composite"]), limit or len(cache["composite"]))
     parts = sorted(path.parent.glob(path.stem + ".part*.npz"))
     done = sum(len(np.load(p)["description"]) for p in parts)
     chunk = 50 * batch
@@ -62,13 +63,14 @@ def describe_split(model: WhiteBoxHarmonizer, cache: dict[str, np.ndarray], path
     return merged
 
 
-def load_described(model: WhiteBoxHarmonizer, cache_dir: Path, out: Path, split: str) -> dict[str, torch.Tensor]:
+def load_described(model: WhiteBoxHarmonizer, cache_dir: Path, out: Path, split: str,
+                   limit: int | None = None) -> dict[str, torch.Tensor]:
     tag = "prior" if model.config.use_backbone else "statistics"
     path = out / f"described_{split}_{tag}.npz"
     if path.exists():
         data = dict(np.load(path))
     else:
-        data = describe_split(model, load_cache(cache_dir, split), path)
+        data = describe_split(model, load_cache(cache_dir, split), path, limit=limit)
     return {"description": torch.from_numpy(data["description"]).float(),
             "composite": torch.from_numpy(data["composite"]).permute(0, 3, 1, 2).float() / 255,
             "target": torch.from_numpy(data["target"]).permute(0, 3, 1, 2).float() / 255,
@@ -110,7 +112,7 @@ def train(args: argparse.Namespace) -> None:
     if config.use_backbone:
         model.backbone.load_state_dict(load_pretrained(Manifest.load()).state_dict())
     model.train()
-    train_data = load_described(model, cache, args.out, "train")
+    train_data = load_described(model, cache, args.out, "train", args.describe_limit)
     val_data = load_described(model, cache, args.out, "val")
     select = torch.from_numpy(validation_half(cache) == "select")
     val_data = {k: v[select] for k, v in val_data.items()}  # the other half is the bench's
@@ -178,6 +180,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, help="pre-rendered composites (default: OUT/cache256)")
     parser.add_argument("--train-count", type=int, default=8000)
     parser.add_argument("--val-count", type=int, default=600)
+    parser.add_argument("--describe-limit", type=int, help="train on the first N cached composites only")
     parser.add_argument("--no-backbone", action="store_true", help="ablation: colour statistics only")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=64)
