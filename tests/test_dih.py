@@ -89,7 +89,7 @@ def test_small_is_the_paper_structure_at_smaller_size():
 
 @pytest.mark.parametrize("semantic", [True, False])
 def test_skip_links_are_added_and_parsing_features_concatenated(semantic):
-    """Input of harmonization deconvolution k = [decoder map + encoder map of that resolution, parsing map]."""
+    """Input of harmonization deconvolution k: [decoder map + encoder map of its resolution, parsing map]."""
     torch.manual_seed(0)
     model = DeepHarmonization(replace(TINY, semantic=semantic)).eval()
     encoder_out, enc_hooks = [], [layer.register_forward_hook(lambda m, i, o: encoder_out.append(o.detach()))
@@ -171,11 +171,12 @@ def test_joint_loss_is_eq3_and_ignores_unknown_labels():
     labels[:, :16] = 2
     loss, parts = joint_loss(out, target, mask, labels, TINY)
     assert parts["cro"] > 0
-    assert loss.item() == pytest.approx(TINY.lambda_rec * parts["rec"] + TINY.lambda_cro * parts["cro"], rel=1e-5)
+    expected = TINY.lambda_rec * parts["rec"] + TINY.lambda_cro * parts["cro"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_paper_lambda_balances_like_caffe_on_0_255_pixels():
-    """Eq. 1 on 0–255 pixels (½·Σ) with λ2 = 100 has the same ratio as this code's units with PAPER_LAMBDA_CRO."""
+    """Eq. 1 on 0–255 pixels (½·Σ) with λ2 = 100 weighs the terms as PAPER_LAMBDA_CRO does here."""
     err01, ce, pixels = 0.1, 2.0, 64
     caffe_rec = 0.5 * pixels * 3 * (255 * err01) ** 2
     caffe_cro = pixels * ce

@@ -140,7 +140,8 @@ def test_stage_two_changes_no_parsing_weight_or_statistic(tmp_path):
 
     _write_cache(tmp_path / "cache", _cache(n=8, size=64, labelled=(0, 1, 2, 3)))
     common = ["--cache", str(tmp_path / "cache"), "--variant", "small", "--resolution", "32", "--batch", "2",
-              "--eval-every", "1000", "--val-count", "4", "--log-every", "1000", "--threads", "1", "--steps", "3"]
+              "--eval-every", "1000", "--val-count", "4", "--log-every", "1000", "--threads", "1",
+              "--steps", "3"]
     train(parse_args(["--out", str(tmp_path / "stage1"), "--stage2-steps", "0", *common]))
     stage_one = torch.load(tmp_path / "stage1" / "last.pt", weights_only=False)["model"]
     train(parse_args(["--out", str(tmp_path / "straight"), "--stage2-steps", "4", *common]))
@@ -153,4 +154,5 @@ def test_stage_two_changes_no_parsing_weight_or_statistic(tmp_path):
         assert stage_two["step"] == 7 and stage_two["stage"] == 2
         for key in parsing:
             assert torch.equal(stage_one[key], stage_two["model"][key]), (run, key)
-        assert not torch.equal(stage_one["harmonization.1.0.weight"], stage_two["model"]["harmonization.1.0.weight"])
+        tuned = "harmonization.1.0.weight"
+        assert not torch.equal(stage_one[tuned], stage_two["model"][tuned])
