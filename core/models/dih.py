@@ -28,7 +28,8 @@ Two measured deviations, off in the ``paper`` variants and on in ``small`` (see 
 through untouched, as the paper's users get anyway), and ``fg_normalized`` divides L_rec by the
 foreground area instead of the image area, so a small object's error is not drowned by the
 unchanged background (iDIH's MaskWeightedMSE). The paper reports a foreground-weighted loss gave
-"similar" results; on a CPU budget the whole-image loss mostly teaches the identity.
+"similar" results; on a CPU budget the whole-image loss mostly teaches the identity (pilot without
+parsing, 600 steps: validation fMSE 2189 with both deviations, 2489 without, input 2529).
 
 ``layout="v1"`` is this project's first implementation (concatenated skip links, the fc code
 reshaped to a 4×4 map, an optional statistics head): it is not the paper's network and is kept
