@@ -18,11 +18,14 @@ from core.propagation.strokes import (
     CSS_COLORS,
     StrokePath,
     color_from_name,
+    default_brush_width,
+    labels_for_selection,
     labels_from_scribbles,
     parse_path_data,
     paths_from_params,
     rasterize_paths,
     read_svg_paths,
+    selection_side,
 )
 from core.protocol import SemanticError
 
@@ -126,6 +129,80 @@ def test_scribbles_merge_antialiased_edges_and_need_alpha():
         labels_from_scribbles(raster[..., :3])
     with pytest.raises(SemanticError, match="no strokes"):
         labels_from_scribbles(np.zeros((5, 5, 4), np.uint8))
+
+
+BLACK, WHITE = (0, 0, 0), (255, 255, 255)
+
+
+def fg_bg_scribbles(fg=BLACK, bg=WHITE) -> np.ndarray:
+    """A soft-brush FG stroke and BG stroke as GIMP paints them on a transparent layer: the color
+    exact, the alpha falling off at the edges."""
+    raster = np.zeros((40, 40, 4), np.uint8)
+    raster[5:15, 5:9, :3] = fg
+    raster[25:35, 30:34, :3] = bg
+    raster[5:15, 5:9, 3] = 255
+    raster[25:35, 30:34, 3] = 255
+    raster[5:15, 9, :3], raster[5:15, 9, 3] = fg, 180  # soft edge, still a stroke
+    raster[25:35, 34, :3], raster[25:35, 34, 3] = bg, 60  # fainter edge: no stroke
+    return raster
+
+
+def test_selection_strokes_are_the_pixels_near_fg_and_bg():
+    raster = fg_bg_scribbles()
+    raster[14, 5] = (30, 25, 35, 255)  # recompressed / slightly recolored: still foreground
+    raster[26, 31] = (235, 240, 250, 255)
+    raster[10, 6] = (128, 128, 128, 255)  # an FG stroke softly crossing a BG one: neither
+    strokes = labels_for_selection(raster, BLACK, WHITE)
+    assert strokes.keys() == ["#000000", "#ffffff"]  # foreground first
+    labels = strokes.labels
+    assert (labels[5:15, 5:10] == 0).sum() == 10 * 5 - 1 and labels[14, 5] == 0
+    assert (labels[25:35, 30:34] == 1).all() and (labels[25:35, 34] == -1).all()
+    assert labels[10, 6] == -1 and labels[0, 0] == -1
+    # Any pair of distinct colors works, red/blue (the earlier fixed pair) included.
+    red_blue = labels_for_selection(fg_bg_scribbles((255, 0, 0), (0, 0, 255)), (255, 0, 0), (0, 0, 255))
+    assert red_blue.keys() == ["#ff0000", "#0000ff"]
+    assert (red_blue.labels >= 0).sum() == (labels_for_selection(fg_bg_scribbles(), BLACK, WHITE).labels >= 0).sum()
+
+
+def test_selection_strokes_in_other_colors_are_reported():
+    raster = fg_bg_scribbles((255, 0, 0), (0, 0, 255))  # painted red/blue ...
+    with pytest.raises(SemanticError, match=r"other colors \(#ff0000, #0000ff\).*FG/BG swatches"):
+        labels_for_selection(raster, BLACK, WHITE)  # ... but the colors are GIMP's defaults
+    raster = fg_bg_scribbles()
+    raster[0, 0:3] = (0, 200, 0, 255)  # a few stray pixels of another color are ignored
+    assert labels_for_selection(raster, BLACK, WHITE).labels[0, 0] == -1
+    raster[0:2, 0:10] = (0, 200, 0, 255)
+    with pytest.raises(SemanticError, match="20 stroke pixels have other colors"):
+        labels_for_selection(raster, BLACK, WHITE)
+
+
+def test_selection_needs_distinct_fg_bg_and_both_strokes():
+    raster = fg_bg_scribbles()
+    with pytest.raises(SemanticError, match="are the same color \\(#808080 and #808080\\)"):
+        labels_for_selection(raster, (128, 128, 128), (128, 128, 128))
+    with pytest.raises(SemanticError, match="nearly the same color"):
+        labels_for_selection(raster, (128, 128, 128), (140, 135, 128))
+    only_fg = raster.copy()
+    only_fg[25:35, 30:35, 3] = 0
+    with pytest.raises(SemanticError, match="no background stroke \\(color #ffffff\\)"):
+        labels_for_selection(only_fg, BLACK, WHITE)
+    only_bg = raster.copy()
+    only_bg[5:15, 5:10, 3] = 0
+    with pytest.raises(SemanticError, match="no foreground stroke"):
+        labels_for_selection(only_bg, BLACK, WHITE)
+    with pytest.raises(SemanticError, match="alpha"):
+        labels_for_selection(raster[..., :3], BLACK, WHITE)
+    with pytest.raises(SemanticError, match="no strokes"):
+        labels_for_selection(np.zeros((5, 5, 4), np.uint8), BLACK, WHITE)
+
+
+def test_selection_side_and_default_brush_width():
+    assert selection_side((10, 10, 10), BLACK, WHITE) == 0
+    assert selection_side((250, 250, 240), BLACK, WHITE) == 1
+    assert selection_side((128, 128, 128), BLACK, WHITE) is None
+    assert selection_side((209, 60, 60), (255, 0, 0), (0, 0, 255)) is None  # GIMP's red color tag
+    assert default_brush_width(480, 640) == 10 and default_brush_width(3000, 4000) == 60
+    assert default_brush_width(40, 60) == 3  # never thinner than 3 px
 
 
 # --- SLIC and smoothing ----------------------------------------------------------------------------
@@ -373,3 +450,70 @@ def test_cancelled_update_keeps_the_previous_network():
     ctx.progress = lambda fraction, text: None
     out = run_action({"image": image}, {"mode": "masks", "paths": three, "image_key": "k"}, ctx)
     assert out["masks"].shape[2] == 3 and state.model.num_classes == 3
+
+
+def test_action_selects_by_default_from_fg_bg_scribbles_soft_or_hard():
+    img, labels = scene()
+    image = (img * 255).astype(np.uint8)
+    scribbles = np.zeros(image.shape[:2] + (4,), np.uint8)
+    scribbles[labels == 1] = (20, 20, 20, 255)  # the right part in (nearly) black: foreground
+    scribbles[labels == 0] = (255, 255, 255, 255)
+    ctx = JobContext(torch.device("cpu"), ModelCache())
+    params = {"fg_color": "#000000", "bg_color": "white", "image_key": "gimp:1:2"}
+    soft = run_action({"image": image, "strokes": scribbles}, params, ctx)  # no mode: select
+    assert set(soft) == {"mask", "class_colors"} and soft["mask"].shape == (48, 64, 1)
+    assert [tuple(c) for c in soft["class_colors"].reshape(-1, 3)] == [BLACK, WHITE]
+    mask = soft["mask"][..., 0]
+    assert (mask[:, 36:] > 127).mean() > 0.95 and (mask[:, :28] < 128).mean() > 0.95
+    hard = run_action({"image": image, "strokes": scribbles}, dict(params, hard_selection=True), ctx)
+    assert set(np.unique(hard["mask"])) <= {0, 255}
+    assert ((hard["mask"] == 255) == (soft["mask"] >= 128)).mean() > 0.99  # the soft one at 0.5, ±rounding
+    only_fg = scribbles.copy()
+    only_fg[labels == 0] = 0
+    with pytest.raises(SemanticError, match="no background stroke"):
+        run_action({"image": image, "strokes": only_fg}, params, ctx)
+
+
+def test_path_brush_width_defaults_to_a_fraction_of_the_short_side():
+    from core.actions.propagate import read_strokes
+
+    path = [{"name": "fg", "strokes": [[10, 100, 290, 100]]}, {"name": "bg", "strokes": [[10, 20, 290, 20]]}]
+    for height, width, brush in ((200, 300, 0), (200, 300, None), (200, 300, 9.0)):
+        params = {"paths": path} if brush is None else {"paths": path, "brush_width": brush}
+        strokes = read_strokes({}, params, height, width, (255, 0, 0), (0, 0, 255), "select")
+        thickness = (strokes.labels[:, 150] == 0).sum()
+        assert thickness == (9 if brush else 4), (brush, thickness)  # 2 % of 200 px = 4 px
+    with pytest.raises(SemanticError, match="0 \\(automatic\\) or between 1 and 500"):
+        read_strokes({}, {"paths": path, "brush_width": 0.5}, 200, 300, (255, 0, 0), (0, 0, 255))
+
+
+def test_select_paths_must_be_fg_or_bg():
+    from core.actions.propagate import read_strokes
+
+    paths = [
+        {"name": "fg", "strokes": [[10, 10, 50, 10]]},
+        {"name": "Path #1", "color": "#d13c3c", "strokes": [[10, 30, 50, 30]]},  # GIMP's red color tag
+    ]
+    with pytest.raises(SemanticError, match="Path 'Path #1' has the color #d13c3c.*Name it 'fg' or 'bg'"):
+        read_strokes({}, {"paths": paths}, 40, 60, BLACK, WHITE, "select")
+    paths[1]["name"] = "background"
+    strokes = read_strokes({}, {"paths": paths}, 40, 60, BLACK, WHITE, "select")
+    assert strokes.keys() == ["#000000", "#ffffff"] and (strokes.labels[30] == 1).sum() > 30
+
+
+def test_cli_action_and_plugin_default_to_the_same_mode():
+    import argparse
+    import re
+    from pathlib import Path
+
+    from core.commands import propagate as command
+    from core.propagation.apps import DEFAULT_MODE
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    args = parser.parse_args(["propagate", "photo.png", "--strokes", "s.png", "-o", "out.png"])
+    assert args.mode == DEFAULT_MODE == "select" and not args.hard_selection and args.brush_width == 0
+    # The plug-in runs in GIMP's Python (no numpy, no core): its default is checked in its source here
+    # and by the GIMP e2e test that runs it without a mode.
+    source = (Path(__file__).parents[1] / "plug-ins/gimp-semantic/proc_propagate.py").read_text()
+    assert re.search(r'^DEFAULT_MODE = "(\w+)"', source, re.M).group(1) == DEFAULT_MODE

@@ -3,15 +3,19 @@
 Inputs: "image" (H×W×C, u8/u16/f32, gray or RGB, alpha kept) and either "strokes" (H×W×4 u8 RGBA
 scribbles: transparent = no stroke, each opaque color one class) or params "paths" (GIMP paths as
 polylines: [{"name", "color" (the color tag as #rrggbb, or null), "strokes": [[x0, y0, x1, y1, ...]]}]
-in image coordinates, with "offset" [x, y] of the layer), rasterized here with "brush_width".
+in image coordinates, with "offset" [x, y] of the layer), rasterized here with "brush_width" (pixels;
+absent or 0: 2 % of the layer's short side).
 
-Params: "mode" colorize | recolor | select | masks; "superpixels" (count, 0 = one per 100 pixels);
-"per_pixel"; "smoothing" (λ of Eq. 15, 0 = off); "fg_color"/"bg_color" (select: which stroke colors
-are foreground/background; also what 'fg'/'bg' path names mean); "image_key" (names the image across
-runs so an edited path re-uses the trained network; defaults to a hash of the pixels); "seed".
+Params: "mode" select (default, as in the CLI and GIMP) | colorize | recolor | masks; "superpixels"
+(count, 0 = one per 100 pixels); "per_pixel"; "smoothing" (λ of Eq. 15, 0 = off); "fg_color"/"bg_color"
+(select: stroke pixels near these colors are foreground/background, default red/blue — the plug-in
+sends GIMP's FG/BG swatches; also what 'fg'/'bg' path names mean); "hard_selection" (select: threshold
+the mask at 0.5); "image_key" (names the image across runs so an edited path re-uses the trained
+network; defaults to a hash of the pixels); "seed".
 
-Outputs: colorize/recolor "image" (same size, type and alpha); select "mask" (H×W×1 u8, soft);
-masks "masks" (H×W×n u8); always "class_colors" (n×1×3 u8, the class order of the outputs).
+Outputs: select "mask" (H×W×1 u8, soft, or 0/255 with "hard_selection"); colorize/recolor "image"
+(same size, type and alpha); masks "masks" (H×W×n u8); always "class_colors" (n×1×3 u8, the class
+order of the outputs; select: foreground then background).
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ from core.propagation.smoothing import SmoothingConfig
 from core.propagation.strokes import (
     DEFAULT_BG,
     DEFAULT_FG,
+    default_brush_width,
+    labels_for_selection,
     labels_from_scribbles,
     parse_color,
     paths_from_params,
     rasterize_paths,
+    rgb_hex,
+    selection_side,
 )
 from core.protocol import bad_input
 
@@ -67,7 +75,8 @@ def _is_finite_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg):
+def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg, mode: str = "masks"):
+    """The stroke classes: one per color, or for select mode foreground and background by color."""
     if "strokes" in arrays:
         scribbles = require_image(arrays, "strokes", channels=(3, 4))
         if scribbles.shape[:2] != (height, width):
@@ -75,25 +84,42 @@ def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg):
                 f"The scribble layer is {scribbles.shape[1]}×{scribbles.shape[0]} but the image is "
                 f"{width}×{height}; they must be the same size."
             )
+        if mode == "select":
+            return labels_for_selection(to_uint8(scribbles), fg, bg)
         return labels_from_scribbles(to_uint8(scribbles))
     if "paths" in params:
         offset = params.get("offset", [0, 0])
         if not (isinstance(offset, list | tuple) and len(offset) == 2 and all(_is_finite_number(v) for v in offset)):
             raise bad_input(f"'offset' must be [x, y], the layer's offsets as two numbers; got {offset!r:.60}.")
-        brush = get_float(params, "brush_width", 5.0, 1.0, 500.0)
+        brush = get_float(params, "brush_width", 0.0, 0.0, 500.0)
+        if brush == 0.0:
+            brush = default_brush_width(height, width)
+        elif brush < 1.0:
+            raise bad_input(f"'brush_width' must be 0 (automatic) or between 1 and 500 pixels; got {brush}.")
         paths = paths_from_params(params["paths"], (float(offset[0]), float(offset[1])))
-        return labels_from_scribbles(rasterize_paths(paths, height, width, brush, fg, bg))
+        if mode != "select":
+            return labels_from_scribbles(rasterize_paths(paths, height, width, brush, fg, bg))
+        for path in paths:
+            color = path.color(fg, bg)
+            if selection_side(color, fg, bg) is None:
+                raise bad_input(
+                    f"Path '{path.name}' has the color {rgb_hex(color)}, which is neither the foreground "
+                    f"({rgb_hex(fg)}) nor the background ({rgb_hex(bg)}) color. Name it 'fg' or 'bg' "
+                    "(or give it one of those colors) to use it for a selection."
+                )
+        return labels_for_selection(rasterize_paths(paths, height, width, brush, fg, bg), fg, bg)
     raise bad_input("No strokes were sent: give a scribble layer ('strokes') or paths.")
 
 
 def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     image = require_image(arrays)
-    mode = get_choice(params, "mode", "masks", apps.MODES)
+    mode = get_choice(params, "mode", apps.DEFAULT_MODE, apps.MODES)
+    hard_selection = get_bool(params, "hard_selection", False)
     fg, bg = _color(params, "fg_color", DEFAULT_FG), _color(params, "bg_color", DEFAULT_BG)
     h, w = image.shape[:2]
     if h * w < 4:
         raise bad_input("The image is too small to propagate strokes over.")
-    strokes = read_strokes(arrays, params, h, w, fg, bg)
+    strokes = read_strokes(arrays, params, h, w, fg, bg, mode)
     smoothing = get_float(params, "smoothing", SmoothingConfig.strength, 0.0, 1000.0)
     options = PropagationOptions(
         mode=mode,
@@ -122,7 +148,11 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
             out = np.concatenate([out, alpha], axis=2)
         return {"image": out, "class_colors": colors}
     if mode == "select":
-        return {"mask": from_float(result.output, np.uint8)[..., None], "class_colors": colors}
+        mask = result.output
+        if hard_selection:
+            # Every pixel fully in or out: the class with the higher propagated probability wins.
+            mask = (mask >= 0.5).astype(np.float32)
+        return {"mask": from_float(mask, np.uint8)[..., None], "class_colors": colors}
     return {"masks": from_float(result.output, np.uint8), "class_colors": colors}
 
 

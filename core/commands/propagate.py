@@ -1,6 +1,6 @@
 """gimp-semantic propagate IMAGE (--strokes SCRIBBLES.png | --paths PATHS.svg) -o OUT
---mode {colorize,recolor,select,masks} [--fg-color C] [--bg-color C] [--superpixels N]
-[--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
+[--mode {colorize,recolor,select,masks}] [--fg-color C] [--bg-color C] [--hard-selection]
+[--superpixels N] [--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.commands.common import add_runtime_options, execute, write_output
 from core.imaging.io import load_image
-from core.propagation.apps import MODES
+from core.propagation.apps import DEFAULT_MODE, MODES
 from core.propagation.smoothing import SmoothingConfig
 from core.propagation.strokes import read_svg_paths, rgb_hex
 from core.protocol import bad_input
@@ -34,10 +34,27 @@ def register(subparsers) -> None:
         required=True,
         help="output file; masks mode writes OUT's stem + _<n>_<rrggbb> per class",
     )
-    parser.add_argument("--mode", choices=MODES, default="colorize")
-    parser.add_argument("--fg-color", default="#ff0000", help="select: foreground stroke color (default red)")
     parser.add_argument(
-        "--bg-color", default="#0000ff", help="select: background stroke color (default blue)"
+        "--mode",
+        choices=MODES,
+        default=DEFAULT_MODE,
+        help=f"what to make of the strokes (default {DEFAULT_MODE}, as in GIMP): select = a mask from "
+        "foreground/background strokes; colorize/recolor = a new image; masks = one mask per stroke color",
+    )
+    parser.add_argument(
+        "--fg-color",
+        default="#ff0000",
+        help="select: foreground stroke color; stroke pixels near it count (default red; GIMP uses its FG swatch)",
+    )
+    parser.add_argument(
+        "--bg-color",
+        default="#0000ff",
+        help="select: background stroke color; stroke pixels near it count (default blue; GIMP: BG swatch)",
+    )
+    parser.add_argument(
+        "--hard-selection",
+        action="store_true",
+        help="select: every pixel fully in or out (the mask thresholded at 0.5) instead of a soft mask",
     )
     parser.add_argument(
         "--superpixels",
@@ -51,7 +68,12 @@ def register(subparsers) -> None:
         default=SmoothingConfig.strength,
         help=f"edge-aware post-processing strength λ (0 = off, default {SmoothingConfig.strength})",
     )
-    parser.add_argument("--brush-width", type=float, default=5.0, help="SVG paths: stroke width in pixels")
+    parser.add_argument(
+        "--brush-width",
+        type=float,
+        default=0.0,
+        help="SVG paths: stroke width in pixels (default 0: 2%% of the image's short side)",
+    )
     parser.add_argument(
         "--per-pixel", action="store_true", help="estimate every pixel (slower) instead of every superpixel"
     )
@@ -67,6 +89,7 @@ def run(args) -> int:
         "mode": args.mode,
         "fg_color": args.fg_color,
         "bg_color": args.bg_color,
+        "hard_selection": args.hard_selection,
         "superpixels": args.superpixels,
         "smoothing": args.smoothing,
         "brush_width": args.brush_width,

@@ -17,6 +17,9 @@ from core.protocol import bad_input
 
 Smooth = Callable[[np.ndarray], np.ndarray]  # H×W×C → H×W×C (Eq. 15 with the run's data weights)
 MODES = ("colorize", "recolor", "select", "masks")
+# What the action, the CLI and the plug-in do when no mode is given: a selection from FG/BG strokes,
+# the one mode GIMP's default swatches (black and white) mean something for.
+DEFAULT_MODE = "select"
 
 
 def _smooth_linear(probs: np.ndarray, params: np.ndarray, smooth: Smooth) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Strokes: scribble rasters, GIMP paths (polylines) and GIMP-exported SVG paths → class labels.
 
 Every source ends in the same place: an H×W×4 RGBA scribble raster (transparent = no stroke), then
-``labels_from_scribbles`` turns each distinct opaque color into one stroke class. Polylines are
-rasterized here and only here (the daemon for GIMP paths, the CLI for SVG files).
+``labels_from_scribbles`` turns each distinct opaque color into one stroke class, or, for a selection,
+``labels_for_selection`` sorts the stroke pixels into foreground and background by how close they are
+to the two stroke colors (GIMP's FG/BG swatches in the plug-in). Polylines are rasterized here and
+only here (the daemon for GIMP paths, the CLI for SVG files).
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ FG_WORDS = ("fg", "foreground")
 BG_WORDS = ("bg", "background")
 DEFAULT_FG: RGB = (255, 0, 0)
 DEFAULT_BG: RGB = (0, 0, 255)
+# Path strokes default to 2 % of the layer's short side: thin enough for the paths to stay inside the
+# parts they are drawn on, thick enough that each stroke gives the network a few hundred samples (and
+# what the propagation bench calls a user's stroke).
+DEFAULT_BRUSH_FRACTION = 0.02
+MIN_DEFAULT_BRUSH = 3.0
+# Selection strokes: a pixel counts as the FG (BG) color when it is within this RGB distance of it, so
+# antialiased, blended or slightly recoloured stroke pixels still count. At most a quarter of a
+# channel's range, and never more than a third of the way to the other color.
+MAX_STROKE_TOLERANCE = 64.0
+# FG and BG colors closer than this (RGB distance) cannot be told apart once a brush softens them.
+MIN_FG_BG_DISTANCE = 32.0
 
 _HEX = re.compile(r"#([0-9a-fA-F]{6}|[0-9a-fA-F]{3})(?![0-9a-fA-F])")
 _TOKEN = re.compile(r"[a-z]+")
@@ -100,6 +113,11 @@ def _hex_rgb(digits: str) -> RGB:
 
 def rgb_hex(color: RGB) -> str:
     return "#{:02x}{:02x}{:02x}".format(*color)
+
+
+def default_brush_width(height: int, width: int) -> float:
+    """The path brush width (pixels) when none is given: a fraction of the layer's short side."""
+    return max(MIN_DEFAULT_BRUSH, round(DEFAULT_BRUSH_FRACTION * min(height, width)))
 
 
 # --- paths → raster -------------------------------------------------------------------------------
@@ -388,3 +406,93 @@ def labels_from_scribbles(
     remap[kept] = np.arange(len(kept))
     labels[mask] = remap[target[inverse.ravel()]]
     return Strokes(labels, palette[kept].astype(np.uint8))
+
+
+# --- raster → foreground / background ---------------------------------------------------------------
+
+
+def stroke_tolerance(fg: RGB, bg: RGB) -> float:
+    """How far (RGB distance) a stroke pixel may be from the FG or BG color and still count as it.
+
+    Raises a message when the two colors are the same or too close to tell apart.
+    """
+    distance = float(np.linalg.norm(np.subtract(fg, bg, dtype=np.float64)))
+    if distance < MIN_FG_BG_DISTANCE:
+        same = "the same color" if distance == 0 else "nearly the same color"
+        raise bad_input(
+            f"The foreground and background stroke colors are {same} ({rgb_hex(fg)} and {rgb_hex(bg)}), "
+            "so foreground and background strokes cannot be told apart. Choose two clearly different "
+            "colors (in GIMP: the FG/BG swatches; press D for black and white) and paint with them."
+        )
+    return min(MAX_STROKE_TOLERANCE, distance / 3)
+
+
+def selection_side(color: RGB, fg: RGB, bg: RGB) -> int | None:
+    """0 when ``color`` counts as the foreground color, 1 as the background color, None for neither."""
+    tolerance = stroke_tolerance(fg, bg)
+    to_fg = float(np.linalg.norm(np.subtract(color, fg, dtype=np.float64)))
+    to_bg = float(np.linalg.norm(np.subtract(color, bg, dtype=np.float64)))
+    if to_fg <= tolerance:
+        return 0
+    if to_bg <= tolerance:
+        return 1
+    return None
+
+
+def labels_for_selection(
+    scribbles: np.ndarray, fg: RGB, bg: RGB, alpha_threshold: int = 128, min_pixels: int = 8
+) -> Strokes:
+    """Scribble raster (H×W×4 RGBA) → two classes, foreground (0, color ``fg``) and background (1, ``bg``).
+
+    Opaque pixels (alpha ≥ ``alpha_threshold``) within the stroke tolerance of FG or BG are that class.
+    Pixels between the two colors (a soft FG stroke crossing a BG stroke) say neither and are left out.
+    Pixels in some other color are an error when there are more than a few of them (at least
+    ``min_pixels`` and 1 % of the stroke pixels): the user painted with a color that means nothing here.
+    """
+    if scribbles.ndim != 3 or scribbles.shape[2] != 4:
+        raise bad_input(
+            "The scribble layer has no alpha channel, so every pixel would be a stroke. "
+            "Add an alpha channel and paint strokes on a transparent layer."
+        )
+    if scribbles.dtype != np.uint8:
+        from core.imaging.io import to_uint8
+
+        scribbles = to_uint8(scribbles)
+    tolerance = stroke_tolerance(fg, bg)
+    painted = scribbles[..., 3] >= alpha_threshold
+    if not painted.any():
+        raise bad_input("The scribble layer has no strokes (all of it is transparent).")
+    rgb = scribbles[..., :3][painted].astype(np.float64)
+    fg_vec, bg_vec = np.asarray(fg, np.float64), np.asarray(bg, np.float64)
+    to_fg = np.linalg.norm(rgb - fg_vec, axis=1)
+    to_bg = np.linalg.norm(rgb - bg_vec, axis=1)
+    is_fg = to_fg <= tolerance
+    is_bg = (to_bg <= tolerance) & ~is_fg
+    # A mix of the two colors lies near the segment from FG to BG: ambiguous, not a wrong color.
+    axis = bg_vec - fg_vec
+    along = np.clip((rgb - fg_vec) @ axis / (axis @ axis), 0.0, 1.0)
+    off_segment = np.linalg.norm(rgb - (fg_vec + along[:, None] * axis), axis=1)
+    other = ~is_fg & ~is_bg & (off_segment > tolerance)
+    if other.sum() >= max(min_pixels, 0.01 * len(rgb)):
+        packed = rgb[other].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+        values, counts = np.unique(packed, return_counts=True)
+        common = values[np.argsort(-counts, kind="stable")[:3]]
+        names = ", ".join(rgb_hex((int(v) >> 16, (int(v) >> 8) & 255, int(v) & 255)) for v in common)
+        raise bad_input(
+            f"Select mode takes foreground strokes in {rgb_hex(fg)} and background strokes in {rgb_hex(bg)}, "
+            f"but {int(other.sum())} stroke pixels have other colors ({names}). Paint with the foreground "
+            "and background colors (in GIMP: the FG/BG swatches), or set the stroke colors to the ones "
+            "you painted with."
+        )
+    for present, side, color, where in (
+        (is_fg, "foreground", fg, "the object"),
+        (is_bg, "background", bg, "what is not part of it"),
+    ):
+        if not present.any():
+            raise bad_input(
+                f"Select mode needs both foreground and background strokes; there is no {side} stroke "
+                f"(color {rgb_hex(color)}). Paint over {where} with {rgb_hex(color)}."
+            )
+    labels = np.full(scribbles.shape[:2], -1, np.int32)
+    labels[painted] = np.where(is_fg, 0, np.where(is_bg, 1, -1))
+    return Strokes(labels, np.array([fg, bg], np.uint8))

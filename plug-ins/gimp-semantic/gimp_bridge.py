@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import gi
 
+gi.require_version("Babl", "0.1")
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GLib  # noqa: E402
+from gi.repository import Babl, Gegl, Gimp, GLib  # noqa: E402
 from semantic_protocol import Array, SemanticError, bad_input  # noqa: E402
 
 _EIGHT_BIT = {
@@ -81,6 +82,23 @@ def read_channel(image: Gimp.Image, channel: Gimp.Channel, layer: LayerPixels, n
     rect = Gegl.Rectangle.new(layer.offset_x, layer.offset_y, layer.width, layer.height)
     data = channel.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.NONE)
     return Array(name, "u8" if fmt.endswith("u8") else "f32", (layer.height, layer.width, 1), data)
+
+
+def context_colors(image: Gimp.Image) -> tuple[str, str]:
+    """GIMP's foreground and background colors (the FG/BG swatches) as '#rrggbb', the way a brush puts
+    them on this image's layers: sRGB bytes, or in a grayscale image their gray (as 'R'G'B'' bytes of
+    a gray layer read them).
+
+    Gegl.Color.get_rgba() is linear light, so the bytes come from babl's own conversion instead
+    (checked in GIMP 3.0.4 and 3.2.6: FG #4080c0 reads back 40 80 c0, its get_rgba() 0.051 0.216 0.527).
+    """
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    fmt = Babl.format("Y' u8" if gray else "R'G'B' u8")
+    colors = []
+    for color in (Gimp.context_get_foreground(), Gimp.context_get_background()):
+        data = bytes(color.get_bytes(fmt).get_data())
+        colors.append("#" + (data * 3 if gray else data).hex())
+    return colors[0], colors[1]
 
 
 def add_result_layer(image: Gimp.Image, source: Gimp.Drawable, pixels: LayerPixels, result: Array,

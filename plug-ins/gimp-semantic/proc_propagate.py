@@ -1,13 +1,19 @@
 """Filters > Semantic > Propagate Path Strokes... and Propagate Scribble Layer... (DeepProp, Endo et al.).
 
 Paths: every path of the image is one stroke class. Its color comes from its name ("#rrggbb" or a CSS
-color name anywhere in it; "fg"/"bg" in select mode), else from its color tag (mapped below), else the
-daemon names the path that has none. Polylines come from ``stroke_interpolate`` and are rasterized by
-the daemon with the brush width. Scribbles: a transparent layer (by default the one directly above the
-active layer) whose opaque pixels are strokes; each distinct color is a class.
+color name anywhere in it; "fg"/"bg" mean the foreground/background stroke colors), else from its color
+tag (mapped below), else the daemon names the path that has none. Polylines come from
+``stroke_interpolate`` and are rasterized by the daemon with the brush width (0: 2 % of the layer's short
+side). Scribbles: a transparent layer (by default the one directly above the active layer) whose opaque
+pixels are strokes; each distinct color is a class, or in Select mode pixels near the foreground stroke
+color are foreground and those near the background color background.
 
-Results: colorize/recolor → a new layer; select → the selection plus a saved channel; masks → one
-channel per class. All in one undo group; on bad input nothing changes.
+The stroke colors are GIMP's FG/BG swatches by default (so a user paints with FG and BG, black and white
+unless changed), or the typed fg/bg colors (red/blue by default, what this plug-in used before).
+
+Results: select (the default mode, as in the CLI) → the selection plus a saved channel, soft or hard;
+colorize/recolor → a new layer; masks → one channel per class. All in one undo group; on bad input
+nothing changes.
 """
 
 from __future__ import annotations
@@ -18,18 +24,24 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from daemon_link import connect  # noqa: E402
 from gi.repository import Gegl, Gimp  # noqa: E402
-from gimp_bridge import Progress, add_result_layer, read_drawable, undo_group  # noqa: E402
+from gimp_bridge import Progress, add_result_layer, context_colors, read_drawable, undo_group  # noqa: E402
 from procedures import RW, choice, image_procedure  # noqa: E402
 from semantic_protocol import Array, bad_input  # noqa: E402
 
 PATHS = "plug-in-semantic-propagate-paths"
 SCRIBBLES = "plug-in-semantic-propagate-scribbles"
 MODES = (
+    ("select", "Select (foreground/background strokes → selection)"),
     ("colorize", "Colorize (strokes' colors, image's lightness)"),
     ("recolor", "Recolor (strokes' hue and chroma)"),
-    ("select", "Select (fg/bg strokes → selection)"),
     ("masks", "Masks (one channel per stroke color)"),
 )
+DEFAULT_MODE = "select"  # the daemon's action and the CLI default to select too
+STROKE_COLORS = (
+    ("context", "GIMP's foreground/background colors (FG/BG swatches)"),
+    ("typed", "The colors typed below (red/blue unless changed)"),
+)
+TYPED_FG, TYPED_BG = "#ff0000", "#0000ff"
 # GIMP's color tags (Layers/Paths dialog) as stroke colors: the tag's swatch color.
 COLOR_TAGS = {
     "BLUE": "#5475b9",
@@ -46,7 +58,23 @@ INTERPOLATION_PRECISION = 0.5
 
 def _common_arguments(procedure):
     procedure.add_choice_argument(
-        "mode", "_Mode", "What to do with the strokes", choice(*MODES), "colorize", RW
+        "mode", "_Mode", "What to do with the strokes", choice(*MODES), DEFAULT_MODE, RW
+    )
+    procedure.add_choice_argument(
+        "stroke-colors",
+        "Stroke _colors",
+        "Which colors mark foreground and background strokes (and what 'fg'/'bg' path names mean)",
+        choice(*STROKE_COLORS),
+        "context",
+        RW,
+    )
+    procedure.add_boolean_argument(
+        "hard-selection",
+        "_Hard selection",
+        "Select mode: every pixel fully selected or not (the selection thresholded at 50 %) instead of "
+        "soft edges",
+        False,
+        RW,
     )
     procedure.add_int_argument(
         "superpixels",
@@ -68,10 +96,18 @@ def _common_arguments(procedure):
         RW,
     )
     procedure.add_string_argument(
-        "fg-color", "_Foreground color", "Select mode: foreground stroke color", "#ff0000", RW
+        "fg-color",
+        "_Foreground color",
+        "Foreground stroke color (#rrggbb or a color name) when Stroke colors is 'typed'",
+        TYPED_FG,
+        RW,
     )
     procedure.add_string_argument(
-        "bg-color", "_Background color", "Select mode: background stroke color", "#0000ff", RW
+        "bg-color",
+        "_Background color",
+        "Background stroke color (#rrggbb or a color name) when Stroke colors is 'typed'",
+        TYPED_BG,
+        RW,
     )
 
 
@@ -83,13 +119,23 @@ def create_paths(plugin, name):
         "Propagate _Path Strokes...",
         "Spread edits drawn as paths over the layer (DeepProp)",
         "Each path is a stroke; its color comes from its name (#rrggbb or a color name such as 'sky blue', "
-        "or fg/bg for Select) or its color tag. A small network learns this image from the strokes and "
-        "propagates them: Colorize and Recolor add a new layer, Select sets the selection, Masks adds one "
-        "channel per color. Run it again after editing a path: the trained network is reused.",
+        "or 'fg'/'bg': the foreground/background stroke colors) or its color tag. A small network learns "
+        "this image from the strokes and propagates them: Select (the default) sets the selection from "
+        "paths named 'fg' (on the object) and 'bg' (around it), soft or hard; Colorize and Recolor add a "
+        "new layer; Masks adds one channel per color. Stroke colors: GIMP's FG/BG swatches (default) or "
+        "the typed colors (red/blue unless changed, as in earlier versions). Brush width 0 draws the "
+        "paths 2 % of the layer's short side wide. Run it again after editing a path: the trained network "
+        "is reused.",
     )
     _common_arguments(procedure)
     procedure.add_double_argument(
-        "brush-width", "_Brush width", "Width of the path strokes in pixels", 1.0, 500.0, 5.0, RW
+        "brush-width",
+        "_Brush width",
+        "Width of the path strokes in pixels (0 = 2 % of the layer's short side)",
+        0.0,
+        500.0,
+        0.0,
+        RW,
     )
     return procedure
 
@@ -101,9 +147,13 @@ def create_scribbles(plugin, name):
         run_scribbles,
         "Propagate _Scribble Layer...",
         "Spread edits painted on a transparent layer over the active layer (DeepProp)",
-        "Paint strokes on a transparent layer above the photo (one color per region), select the photo "
-        "layer and run this. Transparent pixels mean 'no stroke'. Colorize and Recolor add a new layer, "
-        "Select sets the selection (red = foreground, blue = background by default), Masks adds channels.",
+        "Paint strokes on a transparent layer above the photo, select the photo layer and run this. "
+        "Transparent pixels mean 'no stroke'. Select (the default) sets the selection: paint the object "
+        "with GIMP's foreground color and around it with the background color (black and white unless "
+        "changed; press X to swap them while painting); soft brush edges are fine. Hard selection makes "
+        "every pixel fully in or out. Stroke colors 'typed' uses the typed colors instead (red = "
+        "foreground, blue = background unless changed, as in earlier versions). Colorize and Recolor "
+        "(one color per region) add a new layer, Masks adds one channel per color.",
     )
     _common_arguments(procedure)
     procedure.add_layer_argument(
@@ -117,23 +167,41 @@ def create_scribbles(plugin, name):
 
 
 def _params(config, image, drawable) -> dict:
+    mode = config.get_property("mode")
+    fg, bg = _stroke_colors(config, image, mode)
     return {
-        "mode": config.get_property("mode"),
+        "mode": mode,
         "superpixels": int(config.get_property("superpixels")),
         "smoothing": float(config.get_property("smoothing")),
         "per_pixel": bool(config.get_property("per-pixel")),
-        "fg_color": config.get_property("fg-color") or "#ff0000",
-        "bg_color": config.get_property("bg-color") or "#0000ff",
+        "fg_color": fg,
+        "bg_color": bg,
+        "hard_selection": bool(config.get_property("hard-selection")),
         "image_key": f"gimp:{image.get_id()}:{drawable.get_id()}",
     }
+
+
+def _stroke_colors(config, image, mode: str) -> tuple[str, str]:
+    """The foreground and background stroke colors as '#rrggbb' (or typed names the daemon parses)."""
+    if config.get_property("stroke-colors") == "typed":
+        return config.get_property("fg-color") or TYPED_FG, config.get_property("bg-color") or TYPED_BG
+    fg, bg = context_colors(image)
+    if mode == "select" and fg == bg:
+        gray = " in this grayscale image" if image.get_base_type() == Gimp.ImageBaseType.GRAY else ""
+        raise bad_input(
+            f"GIMP's foreground and background colors are both {fg}{gray}, so foreground and background "
+            "strokes cannot be told apart. Press D for black and white (or pick another background "
+            "color), paint the object with the foreground color and around it with the background color."
+        )
+    return fg, bg
 
 
 def path_payload(image) -> list[dict]:
     paths = image.get_paths()
     if not paths:
         raise bad_input(
-            "This image has no paths. Draw at least two paths with the Paths tool, each named "
-            "with a color (e.g. 'sky #4080ff', 'grass green', or 'fg'/'bg' for Select)."
+            "This image has no paths. Draw at least two paths with the Paths tool, named 'fg' (on the "
+            "object) and 'bg' (around it) for Select, or with a color (e.g. 'sky #4080ff', 'grass green')."
         )
     payload = []
     for path in paths:
@@ -158,7 +226,7 @@ def run_paths(procedure, image, drawable, config):
     params.update(
         paths=path_payload(image),
         offset=[pixels.offset_x, pixels.offset_y],
-        brush_width=float(config.get_property("brush-width")),
+        brush_width=float(config.get_property("brush-width")),  # 0: the daemon picks 2 % of the short side
     )
     _run(image, drawable, pixels, params, [pixels.array], "paths")
 

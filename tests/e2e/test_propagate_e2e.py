@@ -218,3 +218,120 @@ save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message, "na
     blue = np.fromfile(stem + ".0000ff", np.uint8).reshape(100, 140)
     assert (red[:, :60] > 127).mean() > 0.95 and (red[:, 80:] < 128).mean() > 0.95
     assert (blue[:, 80:] > 127).mean() > 0.95
+
+
+# Scribbles painted the way a user paints them: GIMP's paintbrush with a soft round brush (antialiased
+# edges), the foreground color on the object (the bright right part, image x ≥ 80), then the colors
+# swapped (X in GIMP) and the background color on the gray left part.
+PAINT_SCRIBBLES = """
+scribbles = Gimp.Layer.new(image, "scribbles", 160, 120, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+image.insert_layer(scribbles, None, 0)
+brush = Gimp.Brush.new("e2e soft round")
+brush.set_shape(Gimp.BrushGeneratedShape.CIRCLE)
+brush.set_radius(4.0)
+brush.set_hardness(0.5)
+Gimp.context_set_brush(brush)
+Gimp.context_set_brush_size(8.0)
+Gimp.paintbrush_default(scribbles, [115.0, 20.0, 125.0, 60.0, 135.0, 95.0])
+Gimp.paintbrush_default(scribbles, [95.0, 40.0, 140.0, 45.0])
+Gimp.context_swap_colors()
+Gimp.paintbrush_default(scribbles, [35.0, 20.0, 45.0, 60.0, 50.0, 95.0])
+Gimp.paintbrush_default(scribbles, [20.0, 80.0, 65.0, 75.0])
+Gimp.context_swap_colors()
+painted = scribbles.get_buffer().get(Gegl.Rectangle.new(0, 0, 160, 120), 1.0, "R'G'B'A u8",
+                                     Gegl.AbyssPolicy.NONE)
+"""
+
+
+@pytest.mark.parametrize(
+    "paint_fg, paint_bg, context_after, properties",
+    [
+        # GIMP's default swatches (black/white) and every other setting left at its default.
+        (None, None, None, ""),
+        # A non-default pair, with a hard selection.
+        ("#2a7f3c", "#d0a020", None, 'cfg.set_property("hard-selection", True)'),
+        # The earlier behaviour: red/blue strokes with the typed colors, whatever the swatches are.
+        ("#ff0000", "#0000ff", "default", 'cfg.set_property("stroke-colors", "typed")'),
+    ],
+    ids=["default-swatches", "custom-swatches-hard", "typed-red-blue"],
+)
+def test_select_from_scribbles_painted_with_the_fg_bg_colors(daemon, paint_fg, paint_bg, context_after, properties):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    set_colors = "Gimp.context_set_default_colors()\n"
+    if paint_fg:
+        set_colors += f"Gimp.context_set_foreground(Gegl.Color.new({paint_fg!r}))\n"
+        set_colors += f"Gimp.context_set_background(Gegl.Color.new({paint_bg!r}))\n"
+    after = "Gimp.context_set_default_colors()\n" if context_after == "default" else ""
+    script = (
+        BUILD_IMAGE
+        + set_colors
+        + PAINT_SCRIBBLES
+        + after
+        + """
+n_channels = len(image.get_channels())
+proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-propagate-scribbles")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+cfg.set_property("image", image)
+cfg.set_core_object_array("drawables", [layer])
+"""
+        + properties
+        + """
+res = proc.run(cfg)
+status = res.index(0)
+error = res.index(1) if res.length() > 1 else None
+message = error.message if error is not None and hasattr(error, "message") else str(error)
+dump("painted", bytes(painted))
+dump("mask", image.get_selection().get_buffer().get(Gegl.Rectangle.new(10, 6, 140, 100), 1.0, "Y u8",
+                                                     Gegl.AbyssPolicy.NONE))
+save_result({"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
+             "channels_added": len(image.get_channels()) - n_channels})
+"""
+    )
+    run = gimp.run(script, timeout=600)
+    assert run.result, run.output
+    assert run.result["ok"], run.result["message"] + run.output[-2000:]
+    assert run.result["channels_added"] == 1
+    painted = run.array("painted", (120, 160, 4))
+    fg = bytes.fromhex((paint_fg or "#000000")[1:])
+    strokes = painted[..., 3] > 0
+    soft_edges = strokes & (painted[..., 3] < 255)
+    assert soft_edges.sum() > 50, "the brush is antialiased: its edges are partly transparent"
+    assert (painted[strokes][:, :3] == np.frombuffer(fg, np.uint8)).all(axis=1).mean() > 0.3
+    mask = run.array("mask", (100, 140))
+    assert (mask[:, 80:] > 127).mean() > 0.95 and (mask[:, :60] < 128).mean() > 0.95
+    if "hard-selection" in properties:
+        assert set(np.unique(mask)) <= {0, 255}
+
+
+@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "grayscale"])
+def test_fg_equal_to_bg_is_a_clear_error_and_changes_nothing(daemon, gray):
+    gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
+    # In a grayscale image red (#ff0000) paints gray #828282 (babl's Y', as GIMP's own fill does): the
+    # two swatches differ, but the strokes would not.
+    colors = ("#ff0000", "#828282") if gray else ("#808080", "#808080")
+    script = (
+        BUILD_IMAGE
+        + ("image.convert_grayscale()\n" if gray else "")
+        + f"""
+Gimp.context_set_foreground(Gegl.Color.new({colors[0]!r}))
+Gimp.context_set_background(Gegl.Color.new({colors[1]!r}))
+"""
+        + PAINT_SCRIBBLES.replace("RGBA_IMAGE", "GRAYA_IMAGE" if gray else "RGBA_IMAGE")
+        + """
+n_layers, n_channels = len(image.get_layers()), len(image.get_channels())
+status, message = run_procedure("plug-in-semantic-propagate-scribbles", image, [layer])
+_, non_empty, *_ = Gimp.Selection.bounds(image)
+save_result({"success": status == Gimp.PDBStatusType.SUCCESS, "message": message,
+             "unchanged": len(image.get_layers()) == n_layers and len(image.get_channels()) == n_channels
+                          and not non_empty})
+"""
+    )
+    run = gimp.run(script, timeout=600)
+    assert run.result, run.output
+    assert not run.result["success"]
+    message = run.result["message"]
+    assert "foreground and background colors are both" in message and "Press D" in message, message
+    assert ("grayscale" in message) == gray
+    assert run.result["unchanged"]
