@@ -13,7 +13,8 @@ Sets:
 Metrics on the 0–255 scale, per image: MSE and PSNR over the whole image, fMSE over the foreground
 (mask > 0.5); for each, the mean, the median and a bootstrap 95 % interval of the mean. Methods:
 cut-and-paste (the input), statistics transfer, the paper's DIH with and without its scene-parsing
-branch, and the learned colour transform with and without the pretrained prior. A method's weights
+branch, and the learned colour transform: the default (two heads averaged), the head on the pretrained
+prior alone and the head without it (colour statistics only). A method's weights
 are a manifest id or a training checkpoint (``*.pt``).
 """
 
@@ -34,6 +35,7 @@ from core.actions.harmonize import DEFAULT_METHOD
 from core.data.harmonization import load_cache, validation_half
 from core.harmonization.deep import harmonize_deep, load_model
 from core.harmonization.statistics import harmonize_statistics
+from core.harmonization.transform import DEFAULT_WEIGHTS as TRANSFORM_WEIGHTS
 from core.harmonization.transform import harmonize_transform, load_harmonizer
 from core.imaging.io import load_image, load_mask, mask_to_float, save_image
 from core.models.harmonizer import HarmonizerConfig, WhiteBoxHarmonizer
@@ -66,9 +68,12 @@ def methods_from(args: argparse.Namespace) -> dict[str, Method]:
     for name, spec in (("dih", args.dih), ("dih_without_parsing", args.dih_nosem)):
         if spec and spec in manifest.entries:
             methods[name] = lambda image, mask, m=load_model(spec, manifest): harmonize_deep(image, mask, m)
-    for name, spec in (("transform", args.transform), ("transform_without_prior", args.transform_noprior)):
-        if spec and (spec.endswith(".pt") or spec in manifest.entries):
-            methods[name] = lambda image, mask, m=transform_model(spec): harmonize_transform(image, mask, m)
+    for name, specs in (("transform", args.transform), ("transform_prior_only", args.transform_prior),
+                        ("transform_without_prior", args.transform_noprior)):
+        specs = [s for s in specs.split(",") if s.endswith(".pt") or s in manifest.entries]
+        if specs:
+            methods[name] = lambda image, mask, m=[transform_model(s) for s in specs]: harmonize_transform(image,
+                                                                                                          mask, m)
     return methods
 
 
@@ -164,7 +169,9 @@ def main() -> None:
     parser.add_argument("--rendered", type=Path, default=DATASETS / "rendered-gt")
     parser.add_argument("--dih", default="dih-paper-small")
     parser.add_argument("--dih-nosem", default="dih-paper-small-nosem")
-    parser.add_argument("--transform", default="harmonizer-lite0")
+    parser.add_argument("--transform", default=",".join(TRANSFORM_WEIGHTS),
+                        help="the default: comma-separated heads whose transforms are averaged")
+    parser.add_argument("--transform-prior", default="harmonizer-lite0")
     parser.add_argument("--transform-noprior", default="harmonizer-statistics")
     parser.add_argument("--sheets", type=Path, help="folder for the real-composite sheets")
     parser.add_argument("--per-image", action="store_true", help="print the rendered-gt per-image table")

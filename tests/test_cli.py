@@ -84,10 +84,10 @@ def test_model_cache_unloads_idle_entries():
     assert cache.unload_idle() == ["m"] and cache.keys() == []
 
 
-def test_default_method_is_the_trained_network(files):
+def test_default_method_is_the_learned_colour_transform(files):
     from core.actions.harmonize import DEFAULT_METHOD
 
-    assert DEFAULT_METHOD == "deep"
+    assert DEFAULT_METHOD == "transform"
     assert main(["harmonize", str(files / "in.png"), "--mask", str(files / "mask.png"),
                  "-o", str(files / "deep.png"), "--quiet"]) == 0
     source = np.asarray(Image.open(files / "in.png"))

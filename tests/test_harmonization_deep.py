@@ -202,13 +202,13 @@ def test_shipped_weights_load_and_harmonize():
     assert np.array_equal(result[mask == 0], image[mask == 0])
 
 
-def test_harmonize_action_runs_the_deep_method():
+def test_harmonize_action_runs_dih_also_under_its_old_name_deep():
     from core.actions.base import JobContext, ModelCache
     from core.actions.harmonize import METHODS, run
 
     if DEFAULT_WEIGHTS not in Manifest.load().entries:
         pytest.skip(f"{DEFAULT_WEIGHTS} is not in weights/manifest.json yet")
-    assert "deep" in METHODS and "statistics" in METHODS
+    assert {"dih", "statistics", "transform"} <= set(METHODS)
     image, mask = _scene(height=90, width=120)
     ctx = JobContext(device=torch.device("cpu"), models=ModelCache())
     mask_u8 = (mask[..., None] * 255).astype(np.uint8)

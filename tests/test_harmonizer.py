@@ -153,3 +153,22 @@ def test_a_corrupt_head_file_is_named(tmp_path):
     with pytest.raises(SemanticError) as info:
         load_harmonizer("harmonizer-test", manifest)
     assert str(path) in info.value.message
+
+
+def test_the_default_averages_its_heads_arguments(tmp_path):
+    from core.harmonization.transform import load_harmonizers, predict_transform
+
+    directory = tmp_path / "weights"
+    directory.mkdir()
+    for weight_id, lift in (("head-a", 0.1), ("head-b", 0.3)):
+        model = WhiteBoxHarmonizer(SMALL)
+        with torch.no_grad():
+            model.predictor.mlp[-1].bias[9:12] = lift
+        path = directory / f"{weight_id}.safetensors"
+        save_tensors(path, model.predictor.state_dict())
+        register_weights(path, weight_id, "harmonizer", SMALL.to_dict(), directory=directory)
+    models = load_harmonizers(("head-a", "head-b"), Manifest.load(directory))
+    image, mask = composite()
+    assert np.allclose(predict_transform(image, mask, models)[9:12], 0.2, atol=1e-3)
+    out = harmonize_transform(image, mask, models)
+    assert np.all(np.abs(out[15, 20].astype(int) - image[15, 20].astype(int) - 51) <= 1)  # +0.2 of 255

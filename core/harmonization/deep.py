@@ -25,7 +25,7 @@ from core.models.dih import DeepHarmonization, DIHConfig
 from core.protocol import ErrorCode, SemanticError, bad_input
 from core.weights import Manifest
 
-DEFAULT_WEIGHTS = "dih-small"
+DEFAULT_WEIGHTS = "dih-paper-small"  # the paper's network (dih-small: the earlier v1 layout)
 STRIP_PIXELS = 1 << 20  # full-resolution pixels per strip: ~50 MB of float32 coefficients
 REMAP_MAX_COLUMNS = 16_384  # OpenCV's remap refuses maps of 32767 (SHRT_MAX) columns or more
 FIT_EPS = 2e-3  # ridge towards the identity, in variance units of [0, 1] colour (σ ≈ 0.045)

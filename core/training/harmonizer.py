@@ -107,7 +107,7 @@ def train(args: argparse.Namespace) -> None:
     cache = args.cache or args.out / "cache256"
     if not (cache / "val_composite.npy").exists():
         render_cache(args.data, cache, 256, args.train_count, args.val_count, seed=args.seed)
-    config = replace(HarmonizerConfig(), use_backbone=not args.no_backbone)
+    config = replace(HarmonizerConfig(), use_backbone=not args.no_backbone, dropout=args.dropout, hidden=args.hidden)
     model = WhiteBoxHarmonizer(config)
     if config.use_backbone:
         model.backbone.load_state_dict(load_pretrained(Manifest.load()).state_dict())
@@ -182,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-count", type=int, default=600)
     parser.add_argument("--describe-limit", type=int, help="train on the first N cached composites only")
     parser.add_argument("--no-backbone", action="store_true", help="ablation: colour statistics only")
+    parser.add_argument("--dropout", type=float, default=HarmonizerConfig.dropout)
+    parser.add_argument("--hidden", type=int, default=HarmonizerConfig.hidden)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)

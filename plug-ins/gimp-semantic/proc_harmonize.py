@@ -7,8 +7,9 @@ from gimp_bridge import Progress, add_result_layer, read_drawable, read_selectio
 from procedures import RW, choice, image_procedure
 
 NAME = "plug-in-semantic-harmonize"
-METHODS = (("deep", "Deep (learned network, Tsai et al. 2017)"),
-           ("statistics", "Statistics (classical colour transfer)"))
+METHODS = (("transform", "Learned colour transform (ImageNet features; best measured)"),
+           ("statistics", "Statistics (classical colour transfer)"),
+           ("dih", "Deep Image Harmonization (Tsai et al. 2017, the paper's network)"))
 
 
 def create(plugin, name):

@@ -1,20 +1,19 @@
-"""Harmonize Selection... with method "deep" inside a real GIMP 3, talking to a real daemon that loads the
-committed Deep Image Harmonization weights."""
+"""Harmonize Selection... with each learned method inside a real GIMP 3, talking to a real daemon that loads
+the committed weights: the default learned colour transform and the paper's Deep Image Harmonization."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.harmonization.deep import DEFAULT_WEIGHTS
-from core.weights import Manifest, WeightStatus
+from core.actions.harmonize import DEFAULT_METHOD
+from core.harmonization.deep import DEFAULT_WEIGHTS as DIH_WEIGHTS
+from core.harmonization.transform import DEFAULT_WEIGHTS as TRANSFORM_WEIGHTS
 from tests.e2e.harness import SKIP_REASON, Gimp, gimp_console_command, start_daemon, temp_root
 
 GIMP = gimp_console_command()
-HAVE_WEIGHTS = DEFAULT_WEIGHTS in Manifest.load().entries and \
-    Manifest.load().status(DEFAULT_WEIGHTS) is WeightStatus.ok
-pytestmark = [pytest.mark.gimp, pytest.mark.skipif(GIMP is None, reason=SKIP_REASON),
-              pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"weights/{DEFAULT_WEIGHTS} is not committed")]
+pytestmark = [pytest.mark.gimp, pytest.mark.skipif(GIMP is None, reason=SKIP_REASON)]
+METHOD_WEIGHTS = {"transform": TRANSFORM_WEIGHTS, "dih": DIH_WEIGHTS}
 
 # A 160×120 layer at offset (20, 10) in a 200×150 image: a warm, textured background and a cold
 # blue-grey square pasted in the middle; a feathered rectangular selection around the square.
@@ -38,7 +37,7 @@ buf.flush()
 image.select_rectangle(Gimp.ChannelOps.REPLACE, 65, 35, 70, 70)
 Gimp.Selection.feather(image, 8.0)
 n_before = len(image.get_layers())
-status, error = run_procedure("plug-in-semantic-harmonize", image, [layer], method="deep", strength=1.0)
+status, error = run_procedure("plug-in-semantic-harmonize", image, [layer], method=METHOD, strength=1.0)
 top = image.get_layers()[0]
 ok, ox, oy = top.get_offsets()
 rect = Gegl.Rectangle.new(0, 0, top.get_width(), top.get_height())
@@ -61,14 +60,19 @@ def daemon():
     running.stop()
 
 
-def test_harmonize_selection_with_deep_method(daemon):
+def test_the_default_is_a_learned_method_tested_here():
+    assert DEFAULT_METHOD in METHOD_WEIGHTS
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_WEIGHTS))
+def test_harmonize_selection_with_learned_method(daemon, method):
     gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
-    run = gimp.run(BUILD_IMAGE)
+    run = gimp.run(BUILD_IMAGE.replace("METHOD", repr(method)))
     assert run.result, run.output
     assert run.result["ok"], run.result.get("message") or run.output
     assert run.result["layers_after"] == run.result["layers_before"] + 1
     assert run.result["offsets"] == [20, 10] and run.result["size"] == [160, 120]
-    assert "harmonized" in run.result["name"] and "deep" in run.result["name"]
+    assert "harmonized" in run.result["name"] and method in run.result["name"]
     result = run.array("result", (120, 160, 4)).astype(int)
     source = run.array("source", (120, 160, 4)).astype(int)
     mask = run.array("mask", (120, 160))
