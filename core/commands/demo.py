@@ -92,10 +92,10 @@ class ActionRunner:
 
 
 def weights_text(cache: ModelCache) -> str:
-    """The manifest's weight ids among the cache keys' parts (actions key models as 'kind:id:device' or
-    'id@device'); a cache with keys that name no known id still says that trained weights were used."""
+    """The manifest's weight ids among the cache keys' parts (actions key models as 'kind:id:device',
+    'kind:id+id:device' or 'id@device'); a cache with keys that name no known id still says that trained weights were used."""
     known = set(Manifest.load().entries)
-    parts = {part for key in cache.keys() for part in re.split(r"[:@]", key)}
+    parts = {part for key in cache.keys() for part in re.split(r"[:@+]", key)}
     if parts & known:
         return "weights " + ", ".join(sorted(parts & known))
     return "trained weights, see weights/" if cache.keys() else "no trained weights"
@@ -110,7 +110,8 @@ def _method_order() -> list[str]:
 
 def harmonize_section(run_action: ActionRunner, size: int | None) -> Section:
     section = Section("Harmonize Selection...",
-                      "Tsai et al., Deep Image Harmonization (CVPR 2017); color-statistics transfer",
+                      "learned colour transform from ImageNet features (the default); Tsai et al., Deep Image "
+                      "Harmonization (CVPR 2017); colour-statistics transfer",
                       "A coffee cup lit by a warm lamp, pasted into the blue dusk of a rocket launch. The "
                       "harmonized cup should take on the scene's cold, dim light; the rest stays as it was.")
     composite = scenes.pasted_cup(size)
