@@ -93,7 +93,8 @@ class ActionRunner:
 
 def weights_text(cache: ModelCache) -> str:
     """The manifest's weight ids among the cache keys' parts (actions key models as 'kind:id:device',
-    'kind:id+id:device' or 'id@device'); a cache with keys that name no known id still says that trained weights were used."""
+    'kind:id+id:device' or 'id@device'); a cache with keys that name no known id still says that trained
+    weights were used."""
     known = set(Manifest.load().entries)
     parts = {part for key in cache.keys() for part in re.split(r"[:@+]", key)}
     if parts & known:
