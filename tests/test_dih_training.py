@@ -114,6 +114,7 @@ def _write_cache(folder, cache: dict[str, np.ndarray]) -> None:
     for split in ("train", "val"):
         for key, array in cache.items():
             np.save(folder / f"{split}_{key}.npy", array)
+    np.save(folder / "val_group.npy", np.arange(len(cache["composite"]), dtype=np.int32))  # as render_cache
     (folder / "info.json").write_text(json.dumps({"size": 32}))
 
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from core.data.harmonization import IGNORE_LABEL, load_cache, render_cache
+from core.data.harmonization import IGNORE_LABEL, load_cache, render_cache, validation_half
 from core.models.dih import VARIANTS, DeepHarmonization, DIHConfig, joint_loss
 from core.weights import bundled_weights_dir, register_weights, save_tensors
 
@@ -163,6 +163,9 @@ def train(args: argparse.Namespace) -> None:
             raise SystemExit(f"No cache at {cache_dir}; pass --data to render one.")
         render_cache(args.data, cache_dir, args.cache_size, args.cache_train, args.cache_val, args.seed)
     train_cache, val_cache = load_cache(cache_dir, "train"), load_cache(cache_dir, "val")
+    # Checkpoints are picked on the "select" half of validation; the other half is the bench's report.
+    select = np.nonzero(validation_half(cache_dir) == "select")[0]
+    val_cache = {k: np.asarray(v[select]) for k, v in val_cache.items()}
 
     config = VARIANTS[args.variant]
     if args.resolution:
