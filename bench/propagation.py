@@ -1,9 +1,10 @@
 """DeepProp benchmark: speed at the paper's Table 2 sizes, incremental update, and foreground
-segmentation quality against a random-walker baseline on the same strokes. Prints JSON.
+segmentation quality against GrabCut and the random walker on the same strokes, colorization against
+Levin et al. 2004. Prints JSON.
 
-    python -m bench.propagation [--data ../shared/datasets] [--threads N] [--davis 15] [--bsds 10]
-                                [--max-side 480] [--sizes 400x314,...] [--repeat 3]
-                                [--skip-speed] [--skip-quality]
+    python -m bench.propagation [--data ../shared/datasets] [--threads N] [--per-set 8] [--colorize 4]
+                                [--split bench|dev] [--out bench/results] [--max-side 480]
+                                [--sizes 400x314,...] [--repeat 3] [--skip-speed] [--skip-quality]
 
 Speed (a): real photos resized to 400×314 (10 strokes), 640×480 (5) and 1800×1200 (19); strokes are
 lines through the interiors of distinct BSDS segments (mapped to the resized image), brush ≈ 1% of
@@ -14,17 +15,27 @@ the first run left (Sec. 4.1). The paper's CPU times are 23.0, 36.5, 432.4 s. ``
 small propagation in the fresh process: the one-time cost a daemon pays before its first run.
 The hypervisor's steal time is recorded: on a shared VM it inflates wall times.
 
-Quality (b): DAVIS train (first frame of each sequence) and BSDS500 val (the segment nearest the
-center with 5–50% of the area) as foreground; 3 foreground and 3 background scribbles drawn
-deterministically inside each region, at least ``margin`` pixels from the boundary; precision,
-recall and F1 of the mask thresholded at 0.5, averaged over images. Baseline: the random walker
-(Grady 2006) with scikit-image's default weighting (β = 130 on data/std), solved exactly with
-scipy's sparse LU (``pip install -e '.[bench]'``). Images are resized to ``--max-side`` for both methods.
+Quality (b): salient objects — people/ccp, people/coco128-seg, harmonization/photos-with-masks and
+DAVIS train (first frame of each sequence), ``--per-set`` images each from the bench split (a fixed
+quarter of each set, ``--split dev``, is kept for choosing settings). Strokes like a user's
+(core/propagation/simulate.py: brush 2 % of the short side, a stroke along every part of the object,
+branches toward its boundary, strokes through the background), the same for every method; then one
+correction stroke where each method's own first result is most wrong (DeepProp: its incremental
+update). Precision, recall and F1 at 0.5 (mean over images) and micro-averaged PR curves (PNG in
+``--out``), before and after the correction, with times. Baselines: OpenCV's GrabCut seeded with the
+strokes, and the random walker (Grady 2006) with scikit-image's weighting (β = 130 on data/std),
+solved exactly with scipy's sparse LU (``pip install -e '.[bench]'``). Images are resized to
+``--max-side``.
+
+Colorization (c): ΔE (CIE76) to the colour original for DeepProp and Levin et al. 2004 (written here
+from the paper) on the same strokes: Levin's own examples (their scribbles; their published result
+beside ours) and BSDS500 val photos in gray with strokes coloured from the original.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -37,9 +48,12 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from core.imaging.color import lab_to_rgb, rgb_to_lab
 from core.imaging.io import load_image, load_mask, to_float
 from core.propagation.pipeline import PropagationOptions, propagate
-from core.propagation.strokes import StrokePath, labels_from_scribbles, rasterize_paths
+from core.propagation.simulate import correction_stroke, user_brush, user_strokes
+from core.propagation.simulate import region_strokes as spine_strokes
+from core.propagation.strokes import StrokePath, labels_for_selection, labels_from_scribbles, rasterize_paths
 
 PAPER_SECONDS = {"400x314": 23.0, "640x480": 36.5, "1800x1200": 432.4}
 TABLE2 = [((314, 400), 10), ((480, 640), 5), ((1200, 1800), 19)]
@@ -93,23 +107,6 @@ def interior_line(
     return np.array([[px[lo], py[lo]], [px[hi], py[hi]]], dtype=np.float64)
 
 
-def fg_bg_strokes(mask: np.ndarray, rng: np.random.Generator, per_class: int = 3, brush: int = 3):
-    h, w = mask.shape
-    margin = max(brush * 2, round(0.02 * min(h, w)))
-    length = 0.2 * np.hypot(h, w)
-    paths = []
-    for name, region in (("fg", mask), ("bg", ~mask)):
-        path = StrokePath(name)
-        chosen: list[tuple[int, int]] = []
-        for _ in range(per_class):
-            line = interior_line(region, margin, rng, length, chosen)
-            if line is not None:
-                path.polylines.append(line)
-                path.closed.append(False)
-        paths.append(path)
-    return labels_from_scribbles(rasterize_paths(paths, h, w, brush))
-
-
 def region_strokes(segments: np.ndarray, count: int, rng: np.random.Generator, brush: int):
     """``count`` strokes in the ``count`` largest segments, each its own color (class)."""
     h, w = segments.shape
@@ -128,7 +125,340 @@ def region_strokes(segments: np.ndarray, count: int, rng: np.random.Generator, b
     return paths
 
 
-# --- baseline --------------------------------------------------------------------------------------
+THRESHOLDS = np.linspace(0, 1, 101)
+SETS = ("people/ccp", "people/coco128-seg", "harmonization/photos-with-masks", "davis")
+METHODS = ("deepprop", "grabcut", "random_walker")
+FG, BG = (255, 0, 0), (0, 0, 255)
+
+
+def split_of(key: str) -> str:
+    """A fixed quarter of each set (by a hash of the image, or of the sequence for DAVIS) is the
+    development subset, the one used to choose settings; the bench reports the other three quarters."""
+    return "dev" if hashlib.sha1(key.encode()).digest()[0] % 4 == 0 else "bench"
+
+
+def set_items(root: Path, name: str, split: str, count: int) -> list[tuple[str, Path, Path]]:
+    """(id, image, mask) of ``count`` images of a set's split, spread evenly over it."""
+    if name == "davis":
+        seen: dict[str, Path] = {}
+        for path in sorted((root / "davis/train/images").glob("*.jpg")):
+            seen.setdefault(path.stem.rsplit("_", 1)[0], path)  # each sequence's first frame
+        items = [(seq, p, root / "davis/train/masks" / (p.stem + ".png")) for seq, p in seen.items()]
+    elif name == "harmonization/photos-with-masks":
+        folder = root / name
+        items = [(p.stem, p, p.with_suffix(".png")) for p in sorted(folder.glob("*.jpg"))]
+    else:
+        folder = root / name
+        items = [(p.stem, p, folder / "masks" / (p.stem + ".png")) for p in sorted((folder / "images").glob("*.jpg"))]
+    items = [(f"{name}/{key}", image, mask) for key, image, mask in items if split_of(f"{name}/{key}") == split]
+    if len(items) > count:
+        items = [items[round(i * len(items) / count)] for i in range(count)]
+    return items
+
+
+def resize_to(image: np.ndarray, max_side: int, nearest: bool = False) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    size = (round(w * scale), round(h * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def add_stroke(raster: np.ndarray, line: np.ndarray, is_fg: bool, brush: int) -> np.ndarray:
+    h, w = raster.shape[:2]
+    color = FG if is_fg else BG
+    layer = rasterize_paths([StrokePath("c", [line], [False], fallback_color=color)], h, w, brush, FG, BG)
+    out = raster.copy()
+    out[layer[..., 3] > 0] = layer[layer[..., 3] > 0]
+    return out
+
+
+def side_labels(raster: np.ndarray) -> np.ndarray:
+    """Stroke raster → H×W: 0 foreground, 1 background, -1 none (the baselines' input)."""
+    strokes = labels_for_selection(raster, FG, BG)
+    return strokes.labels
+
+
+def counts(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """For each threshold t in THRESHOLDS: (true positives, predicted positives) of prob ≥ t."""
+    fg_hist = np.histogram(prob[truth], bins=len(THRESHOLDS) - 1, range=(0, 1))[0]
+    all_hist = np.histogram(prob, bins=len(THRESHOLDS) - 1, range=(0, 1))[0]
+    tp = np.concatenate([np.cumsum(fg_hist[::-1])[::-1], [0]])
+    pp = np.concatenate([np.cumsum(all_hist[::-1])[::-1], [0]])
+    return np.stack([tp, pp]).astype(np.float64)
+
+
+def run_methods(rgb: np.ndarray, mask: np.ndarray, raster: np.ndarray, state=None) -> dict:
+    """Each method on the strokes, then on the strokes plus one correction stroke where its own first
+    result is most wrong (DeepProp through its incremental update, the others run again)."""
+    brush = user_brush(mask.shape)
+    out = {}
+    for method in METHODS:
+        results = []
+        strokes = raster
+        keep = None
+        for round_ in ("first", "corrected"):
+            t0 = time.perf_counter()
+            if method == "deepprop":
+                result, keep = propagate(
+                    rgb, labels_for_selection(strokes, FG, BG), PropagationOptions("select", fg=FG, bg=BG), keep
+                )
+                prob = result.output
+                extra = {"epochs": result.log.epochs if result.log else 0, "incremental": result.incremental}
+            elif method == "grabcut":
+                prob, extra = grabcut(rgb, side_labels(strokes)), {}
+            else:
+                prob, extra = random_walker(rgb, side_labels(strokes)), {}
+            seconds = time.perf_counter() - t0
+            results.append({"round": round_, "prob": prob, "seconds": seconds, **prf(prob, mask), **extra})
+            if round_ == "first":
+                fix = correction_stroke(mask, prob >= 0.5, brush)
+                if fix is None:
+                    results.append({**results[0], "round": "corrected", "seconds": 0.0, "no_correction": True})
+                    break
+                strokes = add_stroke(strokes, fix[0], fix[1], brush)
+        out[method] = results
+    return out
+
+
+def quality(root: Path, per_set: int, max_side: int, split: str, out_dir: Path | None) -> dict:
+    sets = {}
+    for name in SETS:
+        rows = []
+        curves = {f"{m}/{r}": np.zeros((2, len(THRESHOLDS))) for m in METHODS for r in ("first", "corrected")}
+        truth_total = 0
+        for key, image_path, mask_path in set_items(root, name, split, per_set):
+            rgb = resize_to(to_float(load_image(image_path))[..., :3], max_side)
+            mask = load_mask(mask_path) > 127
+            mask = cv2.resize(mask.astype(np.uint8), rgb.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+            user = user_strokes(mask)
+            raster = user.raster(mask.shape, FG, BG)
+            runs = run_methods(rgb, mask, raster)
+            truth_total += int(mask.sum())
+            row = {"image": key, "size": list(mask.shape), "stroke_share": float((raster[..., 3] > 0).mean())}
+            for method, results in runs.items():
+                for r in results:
+                    curves[f"{method}/{r['round']}"] += counts(r.pop("prob"), mask)
+                row[method] = {
+                    r["round"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "round"}
+                    for r in results
+                }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if not rows:
+            continue
+        summary = {}
+        for method in METHODS:
+            for round_ in ("first", "corrected"):
+                sel = [r[method][round_] for r in rows]
+                summary.setdefault(method, {})[round_] = {
+                    k: round(float(np.mean([s[k] for s in sel])), 4) for k in ("precision", "recall", "f1", "seconds")
+                }
+        pr = {}
+        for label, (tp, pp) in curves.items():
+            precision = np.where(pp > 0, tp / np.maximum(pp, 1), 1.0)
+            recall = tp / max(truth_total, 1)
+            pr[label] = {"precision": precision.round(4).tolist(), "recall": recall.round(4).tolist()}
+        sets[name] = {"images": len(rows), "summary": summary, "pr_micro": pr, "per_image": rows}
+    if out_dir is not None and sets:
+        draw_pr_curves({k: v["pr_micro"] for k, v in sets.items()}, out_dir / f"propagation-pr-{split}.png")
+    return {"split": split, "max_side": max_side, "per_set": per_set, "sets": sets}
+
+
+def draw_pr_curves(curves: dict[str, dict], path: Path, size: int = 320) -> None:
+    """One precision–recall panel per set (micro-averaged over its images, thresholds 0…1): solid the
+    first result, thin after the correction stroke; GrabCut is hard, so a point per round."""
+    colors = {"deepprop": (40, 40, 220), "grabcut": (40, 160, 40), "random_walker": (200, 120, 20)}
+    panels = []
+    for name, pr in curves.items():
+        panel = np.full((size + 40, size + 40, 3), 255, np.uint8)
+        origin = np.array([30, size + 10])
+
+        def point(recall: float, precision: float, origin=origin) -> tuple[int, int]:
+            return int(origin[0] + recall * size), int(origin[1] - precision * size)
+
+        cv2.rectangle(panel, point(0, 1), point(1, 0), (0, 0, 0), 1)
+        for tick in (0.5, 0.8, 0.9):
+            cv2.line(panel, point(0, tick), point(1, tick), (220, 220, 220), 1)
+            cv2.putText(panel, f"{tick}", (2, point(0, tick)[1] + 4), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1)
+        for label, curve in pr.items():
+            method, round_ = label.split("/")
+            pts = [point(r, p) for r, p in zip(curve["recall"], curve["precision"]) if r > 0]
+            if method == "grabcut":
+                for pt in pts[:1]:
+                    cv2.circle(panel, pt, 5 if round_ == "first" else 3, colors[method], -1)
+            elif pts:
+                cv2.polylines(panel, [np.array(pts, np.int32)], False, colors[method], 2 if round_ == "first" else 1)
+        cv2.putText(panel, name, (30, 14), cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1)
+        panels.append(panel)
+    legend = np.full((24, len(panels) * (size + 40), 3), 255, np.uint8)
+    for i, (method, color) in enumerate(colors.items()):
+        cv2.putText(legend, method, (30 + 160 * i, 16), cv2.FONT_HERSHEY_PLAIN, 1.0, color, 1)
+    cv2.putText(legend, "thick: strokes, thin: + correction", (520, 16), cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1)
+    cv2.imwrite(str(path), np.concatenate([legend, np.concatenate(panels, 1)], 0))
+
+
+# --- colorization ----------------------------------------------------------------------------------
+
+
+def delta_e(rgb: np.ndarray, truth: np.ndarray) -> float:
+    """Mean CIE76 ΔE (Lab distance) to the original."""
+    return float(
+        np.linalg.norm(rgb_to_lab(rgb.astype(np.float32)) - rgb_to_lab(truth.astype(np.float32)), axis=2).mean()
+    )
+
+
+def gray_of(rgb: np.ndarray) -> np.ndarray:
+    """The photo's CIELab lightness as neutral gray RGB: both methods keep the input's lightness, so
+    ΔE to the original measures the colours they propagate and nothing else."""
+    lab = rgb_to_lab(rgb.astype(np.float32))
+    lab[..., 1:] = 0
+    return np.clip(lab_to_rgb(lab), 0, 1)
+
+
+def colorize_both(gray: np.ndarray, raster: np.ndarray, truth: np.ndarray) -> dict:
+    marked = raster[..., 3] > 0
+    t0 = time.perf_counter()
+    result, _ = propagate(gray, labels_from_scribbles(raster), PropagationOptions("colorize"))
+    t1 = time.perf_counter()
+    levin = levin_colorize(gray, raster[..., :3].astype(np.float32) / 255, marked)
+    t2 = time.perf_counter()
+    return {
+        "deepprop": {"delta_e": round(delta_e(result.output, truth), 3), "seconds": round(t1 - t0, 3)},
+        "levin2004": {"delta_e": round(delta_e(levin, truth), 3), "seconds": round(t2 - t1, 3)},
+        "gray_input": {"delta_e": round(delta_e(gray, truth), 3)},
+        "stroke_share": round(float(marked.mean()), 4),
+    }
+
+
+def levin_example_strokes(gray_u8: np.ndarray, marked_u8: np.ndarray) -> np.ndarray:
+    """The examples' scribbles (drawn over the gray image) → an RGBA raster with one colour per stroke:
+    each connected scribble takes its median colour, so anti-aliased edges do not become classes."""
+    painted = np.abs(gray_u8.astype(int) - marked_u8.astype(int)).sum(2) > 10
+    count, labels = cv2.connectedComponents(painted.astype(np.uint8), connectivity=8)
+    raster = np.zeros((*painted.shape, 4), np.uint8)
+    for k in range(1, count):
+        where = labels == k
+        if where.sum() >= 8:
+            raster[where] = (*np.median(marked_u8[where], axis=0).astype(np.uint8), 255)
+    return raster
+
+
+def colorization(root: Path, count: int, split: str) -> dict:
+    """(1) Levin et al.'s own examples: their scribbles, ΔE to the colour original for DeepProp, our
+    Levin implementation and (example3) their published result. (2) BSDS500 val photos in gray with
+    user-like strokes (a spine through each of the largest human-segmented regions) coloured with the
+    original's median colour under each stroke."""
+    folder = root / "propagation/levin-examples"
+    examples = {}
+    for name in ("example2", "example3"):
+        gray_u8 = cv2.imread(str(folder / f"{name}.png"))[..., ::-1]
+        marked_u8 = cv2.imread(str(folder / f"{name}_marked.png"))[..., ::-1]
+        truth = cv2.imread(str(folder / f"{name}_original.png"))[..., ::-1].astype(np.float32) / 255
+        gray = gray_u8.astype(np.float32) / 255
+        raster = levin_example_strokes(gray_u8, marked_u8)
+        row = colorize_both(gray, raster, truth)
+        published = folder / f"{name}_colorized.png"
+        if published.exists():
+            theirs = cv2.imread(str(published))[..., ::-1].astype(np.float32) / 255
+            row["levin2004_published"] = {"delta_e": round(delta_e(theirs, truth), 3)}
+        examples[name] = row
+        print(json.dumps({name: row}), flush=True)
+    photos = []
+    images = [p for p in sorted((root / "bsds500/val/images").glob("*.jpg")) if split_of(f"bsds/{p.stem}") == split]
+    for path in images[:count]:
+        truth = to_float(load_image(path))[..., :3]
+        segments = bsds_segments(root / "bsds500/val/segments" / (path.stem + ".png"))
+        brush = user_brush(segments.shape)
+        ids, areas = np.unique(segments, return_counts=True)
+        lines = []
+        for seg in ids[np.argsort(-areas)][:8]:
+            lines.extend(spine_strokes(segments == seg, brush, branches=0))
+        raster = np.zeros((*segments.shape, 4), np.uint8)
+        truth_u8 = (truth * 255).round().astype(np.uint8)
+        for line in lines:
+            layer = rasterize_paths(
+                [StrokePath("s", [line], [False], fallback_color=(1, 1, 1))], *segments.shape, brush
+            )
+            under = layer[..., 3] > 0
+            raster[under] = (*np.median(truth_u8[under], axis=0).astype(np.uint8), 255)
+        row = {"image": f"bsds500/val/{path.stem}", **colorize_both(gray_of(truth), raster, truth)}
+        photos.append(row)
+        print(json.dumps(row), flush=True)
+    mean = (
+        {
+            m: round(float(np.mean([r[m]["delta_e"] for r in photos])), 3)
+            for m in ("deepprop", "levin2004", "gray_input")
+        }
+        if photos
+        else {}
+    )
+    return {"levin_examples": examples, "photos": photos, "photos_mean_delta_e": mean}
+
+
+def bsds_segments(path: Path) -> np.ndarray:
+    return np.asarray(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).astype(np.int64)
+
+
+# --- metrics and baselines ----------------------------------------------------------------------
+
+
+def prf(prob: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    pred = prob > 0.5
+    tp = float((pred & truth).sum())
+    precision = tp / max(pred.sum(), 1)
+    recall = tp / max(truth.sum(), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def grabcut(rgb: np.ndarray, labels: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """OpenCV's GrabCut (Rother et al. 2004) seeded with the strokes: stroke pixels are certain
+    (label 0 foreground, 1 background), every other pixel starts as 'probably' the side of its
+    nearest stroke, the one neutral way to start its colour models from strokes alone → H×W 0/1."""
+    fg_dist = cv2.distanceTransform((labels != 0).astype(np.uint8), cv2.DIST_L2, 3)
+    bg_dist = cv2.distanceTransform((labels != 1).astype(np.uint8), cv2.DIST_L2, 3)
+    mask = np.where(fg_dist < bg_dist, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    mask[labels == 0] = cv2.GC_FGD
+    mask[labels == 1] = cv2.GC_BGD
+    bgr = np.ascontiguousarray((rgb[..., ::-1] * 255).round().astype(np.uint8))
+    models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
+    cv2.grabCut(bgr, mask, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
+    return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.float32)
+
+
+def levin_colorize(gray: np.ndarray, scribbles: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """Levin, Lischinski, Weiss 2004, *Colorization using Optimization*, written from the paper: in
+    YIQ, each unmarked pixel's I and Q equal the weighted mean of its 3×3 neighbours', weights
+    exp(−(Y_r − Y_s)² / 2σ_r²) with σ_r² the intensity variance in the window (floored so a flat
+    window still averages); marked pixels keep the scribble's I, Q. gray: H×W×3 float RGB (equal
+    channels), scribbles: H×W×3 float RGB, marked: H×W bool → H×W×3 float RGB."""
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    y = gray.astype(np.float64) @ to_yiq[0]
+    iq = scribbles.astype(np.float64) @ to_yiq[1:].T
+    h, w = y.shape
+    index = np.arange(h * w).reshape(h, w)
+    pad_y = np.pad(y, 1, mode="edge")
+    pad_i = np.pad(index, 1, mode="edge")
+    shifts = [(dy, dx) for dy in (0, 1, 2) for dx in (0, 1, 2) if (dy, dx) != (1, 1)]
+    neighbours = np.stack([pad_y[dy : dy + h, dx : dx + w] for dy, dx in shifts])
+    ids = np.stack([pad_i[dy : dy + h, dx : dx + w] for dy, dx in shifts])
+    window = np.concatenate([neighbours, y[None]])
+    variance = window.var(0) * 0.6
+    closest = np.square(neighbours - y[None]).min(0)
+    variance = np.maximum(np.maximum(variance, closest / np.log(100.0)), 2e-6)
+    weights = np.exp(-np.square(neighbours - y[None]) / variance[None])
+    weights /= weights.sum(0, keepdims=True)
+    free = ~marked.ravel()
+    rows = np.repeat(index.ravel()[free], len(shifts))
+    cols = ids.reshape(len(shifts), -1)[:, free].T.ravel()
+    vals = -weights.reshape(len(shifts), -1)[:, free].T.ravel()
+    matrix = sp.csr_matrix((vals, (rows, cols)), shape=(h * w, h * w)) + sp.eye(h * w, format="csr")
+    rhs = np.where(marked.ravel()[:, None], iq.reshape(-1, 2), 0.0)
+    solved = spla.spsolve(matrix.tocsc(), rhs)
+    yiq = np.concatenate([y.reshape(-1, 1), solved], 1)
+    return np.clip(yiq @ np.linalg.inv(to_yiq).T, 0, 1).reshape(h, w, 3).astype(np.float32)
 
 
 def random_walker(rgb: np.ndarray, labels: np.ndarray, beta: float = 130.0) -> np.ndarray:
@@ -156,110 +486,7 @@ def random_walker(rgb: np.ndarray, labels: np.ndarray, beta: float = 130.0) -> n
     return x.reshape(h, w)
 
 
-def prf(prob: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    pred = prob > 0.5
-    tp = float((pred & truth).sum())
-    precision = tp / max(pred.sum(), 1)
-    recall = tp / max(truth.sum(), 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
-# --- datasets --------------------------------------------------------------------------------------
-
-
-def resize_to(image: np.ndarray, max_side: int, nearest: bool = False) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return image
-    size = (round(w * scale), round(h * scale))
-    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
-
-
-def davis_items(root: Path, count: int):
-    images = sorted((root / "davis/train/images").glob("*.jpg"))
-    seen = {}
-    for path in images:
-        seq = path.stem.rsplit("_", 1)[0]
-        seen.setdefault(seq, path)
-    for path in list(seen.values())[:count]:
-        mask = load_mask(root / "davis/train/masks" / (path.stem + ".png")) > 127
-        yield f"davis/{path.stem}", to_float(load_image(path))[..., :3], mask
-
-
-def bsds_segments(path: Path) -> np.ndarray:
-    return np.asarray(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).astype(np.int64)
-
-
-def bsds_items(root: Path, count: int):
-    images = sorted((root / "bsds500/val/images").glob("*.jpg"))
-    for path in images[:count]:
-        segments = bsds_segments(root / "bsds500/val/segments" / (path.stem + ".png"))
-        h, w = segments.shape
-        yy, xx = np.mgrid[:h, :w]
-        best, best_d = None, np.inf
-        for seg in np.unique(segments):
-            region = segments == seg
-            frac = region.mean()
-            if not 0.05 <= frac <= 0.5:
-                continue
-            d = np.hypot(yy[region].mean() - h / 2, xx[region].mean() - w / 2)
-            if d < best_d:
-                best, best_d = seg, d
-        if best is not None:
-            yield f"bsds/{path.stem}", to_float(load_image(path))[..., :3], segments == best
-
-
 # --- runs ------------------------------------------------------------------------------------------
-
-
-def quality(root: Path, n_davis: int, n_bsds: int, max_side: int) -> dict:
-    rows = []
-    for name, rgb, mask in [*davis_items(root, n_davis), *bsds_items(root, n_bsds)]:
-        rgb = resize_to(rgb, max_side)
-        mask = resize_to(mask.astype(np.uint8), max_side, nearest=True).astype(bool)
-        rng = np.random.default_rng(sum(map(ord, name)))
-        brush = max(3, round(min(mask.shape) / 50))
-        strokes = fg_bg_strokes(mask, rng, brush=brush)
-        if strokes.num_classes < 2:
-            continue
-        fg_index = int(np.argmax([tuple(c) == (255, 0, 0) for c in strokes.colors]))
-        t0 = time.perf_counter()
-        result, _ = propagate(rgb, strokes, PropagationOptions(mode="select"))
-        t1 = time.perf_counter()
-        raw = result.probabilities[..., fg_index]
-        rw_labels = np.where(strokes.labels == fg_index, 0, np.where(strokes.labels >= 0, 1, -1))
-        t2 = time.perf_counter()
-        walker = random_walker(rgb, rw_labels)
-        t3 = time.perf_counter()
-        rows.append(
-            {
-                "image": name,
-                "size": list(mask.shape),
-                "deepprop": prf(result.output, mask),
-                "deepprop_no_postprocess": prf(raw, mask),
-                "random_walker": prf(walker, mask),
-                "seconds": {"deepprop": t1 - t0, "random_walker": t3 - t2},
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    summary = {}
-    for method in ("deepprop", "deepprop_no_postprocess", "random_walker"):
-        for group in ("davis", "bsds", "all"):
-            sel = [r for r in rows if group == "all" or r["image"].startswith(group)]
-            if sel:
-                summary.setdefault(method, {})[group] = {
-                    k: float(np.mean([r[method][k] for r in sel])) for k in ("precision", "recall", "f1")
-                }
-    seconds = {m: float(np.mean([r["seconds"][m] for r in rows])) for m in ("deepprop", "random_walker")}
-    return {
-        "images": len(rows),
-        "max_side": max_side,
-        "summary": summary,
-        "mean_seconds": seconds,
-        "per_image": rows,
-    }
 
 
 def first_run_seconds() -> float:
@@ -305,15 +532,11 @@ def speed(root: Path, sizes: set[str] | None = None, repeat: int = 3) -> dict:
         for j in range(len(photos)):
             path = photos[(7 * i + 3 + j) % len(photos)]
             segments = bsds_segments(root / "bsds500/val/segments" / (path.stem + ".png"))
-            segments = cv2.resize(
-                segments.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST
-            ).astype(np.int64)
+            segments = cv2.resize(segments.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int64)
             paths = region_strokes(segments, n + 1, rng, brush)
             if len(paths) == n + 1:
                 break
-        rgb = cv2.resize(to_float(load_image(path))[..., :3], (w, h), interpolation=cv2.INTER_CUBIC).clip(
-            0, 1
-        )
+        rgb = cv2.resize(to_float(load_image(path))[..., :3], (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
         base = labels_from_scribbles(rasterize_paths(paths[:n], h, w, brush))
         more = labels_from_scribbles(rasterize_paths(paths[: n + 1], h, w, brush))
         options = PropagationOptions(mode="colorize")
@@ -357,13 +580,18 @@ def speed(root: Path, sizes: set[str] | None = None, repeat: int = 3) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/datasets")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--davis", type=int, default=15)
-    parser.add_argument("--bsds", type=int, default=10)
+    parser.add_argument("--per-set", type=int, default=8, help="images per salient-object set")
+    parser.add_argument("--colorize", type=int, default=4, help="BSDS500 photos for the colorization part")
+    parser.add_argument(
+        "--split",
+        choices=("bench", "dev"),
+        default="bench",
+        help="dev: the quarter of each set kept for choosing settings",
+    )
+    parser.add_argument("--out", default="bench/results", help="folder for the PR-curve PNG")
     parser.add_argument("--max-side", type=int, default=480)
     parser.add_argument("--sizes", default="", help="comma-separated subset of 400x314,640x480,1800x1200")
     parser.add_argument("--repeat", type=int, default=3, help="full runs per size (the median is reported)")
@@ -389,7 +617,10 @@ def main() -> None:
         if not (root / "davis").exists():
             report["quality"] = {"skipped": f"no datasets under {root}"}
         else:
-            report["quality"] = quality(root, args.davis, args.bsds, args.max_side)
+            out_dir = Path(args.out)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            report["quality"] = quality(root, args.per_set, args.max_side, args.split, out_dir)
+            report["colorization"] = colorization(root, args.colorize, args.split)
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["machine"]["cpu_steal_at_end"] = cpu_steal_fraction()
     print(json.dumps(report, indent=1))
