@@ -150,3 +150,16 @@ def test_real_datasets_give_samples():
     picked = [next(i for i, s in enumerate(train) if s.kind == kind) for kind in sorted(kinds)]
     made = [make_sample(train, i, rng, 64) for i in picked]
     assert sum(m is not None for m in made) >= len(picked) - 1
+
+
+def test_validation_halves_keep_every_source_group_on_one_side(tmp_path):
+    import json
+
+    from core.data.harmonization import validation_half
+
+    groups = ["davis:cows"] * 5 + ["davis:kite-surf"] * 4 + [f"photo:{i}" for i in range(40)]
+    (tmp_path / "val_source_groups.json").write_text(json.dumps(groups))
+    half = validation_half(tmp_path)
+    for group in set(groups):
+        assert len({h for g, h in zip(groups, half) if g == group}) == 1
+    assert 10 < (half == "select").sum() < 39  # both halves are used

@@ -67,10 +67,15 @@ def load_described(model: WhiteBoxHarmonizer, cache_dir: Path, out: Path, split:
                    limit: int | None = None) -> dict[str, torch.Tensor]:
     tag = "prior" if model.config.use_backbone else "statistics"
     path = out / f"described_{split}_{tag}.npz"
+    cache = load_cache(cache_dir, split)
+    wanted = min(len(cache["composite"]), limit or len(cache["composite"]))
     if path.exists():
         data = dict(np.load(path))
+        if len(data["description"]) != wanted:  # described for another cache or --describe-limit
+            raise SystemExit(f"{path} holds {len(data['description'])} descriptions, this run wants {wanted}: "
+                             "delete it (or use another --out) to describe again.")
     else:
-        data = describe_split(model, load_cache(cache_dir, split), path, limit=limit)
+        data = describe_split(model, cache, path, limit=limit)
     return {"description": torch.from_numpy(data["description"]).float(),
             "composite": torch.from_numpy(data["composite"]).permute(0, 3, 1, 2).float() / 255,
             "target": torch.from_numpy(data["target"]).permute(0, 3, 1, 2).float() / 255,
