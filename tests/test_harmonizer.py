@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.harmonization.inputs import check_composite
 from core.harmonization.transform import apply_global_transform, harmonize_transform, load_harmonizer
 from core.models.harmonizer import (
     HarmonizerConfig,
@@ -169,6 +170,29 @@ def test_the_default_averages_its_heads_arguments(tmp_path):
         register_weights(path, weight_id, "harmonizer", SMALL.to_dict(), directory=directory)
     models = load_harmonizers(("head-a", "head-b"), Manifest.load(directory))
     image, mask = composite()
-    assert np.allclose(predict_transform(image, mask, models)[9:12], 0.2, atol=1e-3)
+    assert np.allclose(predict_transform(check_composite(image, mask, 1.0), models)[9:12], 0.2, atol=1e-3)
     out = harmonize_transform(image, mask, models)
     assert np.all(np.abs(out[15, 20].astype(int) - image[15, 20].astype(int) - 51) <= 1)  # +0.2 of 255
+
+
+def test_invisible_pixels_belong_to_no_region(tmp_path):
+    """As statistics and dih: a selection over transparent pixels only is empty, and what transparent
+    pixels happen to hold does not change the predicted transform."""
+    from core.harmonization.transform import predict_transform
+
+    manifest = trained_small_model(tmp_path)
+    model = load_harmonizer("harmonizer-test", manifest)
+    with torch.no_grad():  # make the prediction depend on the description
+        model.predictor.mlp[-1].weight.normal_(0, 0.05)
+    image, mask = composite()
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    rgba[:, :6, 3] = 0  # a transparent strip, outside the selection
+    other = rgba.copy()
+    other[:, :6, :3] = 255 - other[:, :6, :3]
+    assert np.allclose(predict_transform(check_composite(rgba, mask, 1.0), [model]),
+                       predict_transform(check_composite(other, mask, 1.0), [model]), atol=1e-5)
+    hidden = rgba.copy()
+    hidden[..., 3][mask > 0] = 0
+    with pytest.raises(SemanticError) as info:
+        harmonize_transform(hidden, mask, model)
+    assert "empty" in info.value.message

@@ -20,10 +20,11 @@ import cv2
 import numpy as np
 import torch
 
+from core.harmonization.inputs import check_composite, small_rgb
 from core.imaging.io import from_float, to_float
 from core.models.dih import DeepHarmonization, DIHConfig
-from core.protocol import ErrorCode, SemanticError, bad_input
-from core.weights import Manifest
+from core.protocol import ErrorCode, SemanticError
+from core.weights import Manifest, load_verified_state
 
 DEFAULT_WEIGHTS = "dih-paper-small"  # the paper's network (dih-small: the earlier v1 layout)
 STRIP_PIXELS = 1 << 20  # full-resolution pixels per strip: ~50 MB of float32 coefficients
@@ -36,26 +37,13 @@ def load_model(weight_id: str = DEFAULT_WEIGHTS, manifest: Manifest | None = Non
                device: torch.device | str = "cpu") -> DeepHarmonization:
     """The network with verified weights (sha256 checked); a clear error naming the file otherwise."""
     manifest = manifest or Manifest.load()
-    entry = manifest.entry(weight_id)
-    state = manifest.load_state_dict(weight_id)
-    path = manifest.path(weight_id)
     try:
-        model = DeepHarmonization(DIHConfig.from_dict(entry.config))
-        model.load_state_dict(state, strict=False)
-        missing, unexpected = _key_mismatch(model, state)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise SemanticError(ErrorCode.weights_corrupt,
-                            f"Weight file {path} does not fit the harmonization network: {exc}") from None
-    if missing or unexpected:
-        raise SemanticError(ErrorCode.weights_corrupt,
-                            f"Weight file {path} does not fit the harmonization network "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]}). Re-run the installer.")
+        model = DeepHarmonization(DIHConfig.from_dict(manifest.entry(weight_id).config))
+    except (TypeError, ValueError) as exc:
+        raise SemanticError(ErrorCode.weights_corrupt, f"The manifest's configuration of '{weight_id}' does "
+                            f"not describe a harmonization network: {exc}. Re-run the installer.") from None
+    load_verified_state(model, manifest, weight_id, "the harmonization network")
     return model.to(device).eval()
-
-
-def _key_mismatch(model: torch.nn.Module, state: dict) -> tuple[list[str], list[str]]:
-    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    return sorted(expected - set(state)), sorted(set(state) - expected)
 
 
 def harmonize_deep(image: np.ndarray, mask: np.ndarray, model: DeepHarmonization, strength: float = 1.0,
@@ -65,28 +53,13 @@ def harmonize_deep(image: np.ndarray, mask: np.ndarray, model: DeepHarmonization
     ``mask`` is H×W float in [0, 1] (soft values respected). Returns the input's shape and dtype;
     alpha is kept; where ``mask`` is 0 the result equals the input bit for bit.
     """
-    if not 0.0 <= strength <= 1.0:
-        raise bad_input(f"Strength must be between 0 and 1, got {strength}.")
-    image3 = image if image.ndim == 3 else image[..., None]
-    if image3.shape[:2] != mask.shape[:2]:
-        raise bad_input(f"The mask is {mask.shape[1]}×{mask.shape[0]} but the image is "
-                        f"{image3.shape[1]}×{image3.shape[0]}; they must match.")
-    color_channels = 3 if image3.shape[2] >= 3 else 1
-    mask = np.asarray(mask, dtype=np.float32)
-    # As in statistics transfer, invisible pixels (alpha 0) belong to neither the foreground nor the
-    # background: their colours are whatever the layer happens to hold.
-    alpha = image3[..., color_channels] if image3.shape[2] in (2, 4) else None
-    visible = alpha > 0 if alpha is not None else np.True_
-    if not np.any((mask > 0) & visible):
-        raise bad_input("The selection (foreground mask) is empty: select the pasted object first.")
-    if not np.any((mask < 1) & visible):
-        raise bad_input("The selection covers the whole layer, so there is no background to match. "
-                        "Select only the pasted object, or use 'invert mask' if you selected the background.")
+    checked = check_composite(image, mask, strength)
+    mask, alpha = checked.mask, checked.alpha
     report = progress or (lambda fraction, text: None)
 
     size = model.config.resolution
     small_mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
-    small, small_alpha = _small_rgb(image3[..., :color_channels], size, alpha, small_mask)
+    small, small_alpha = small_rgb(checked.image3[..., :checked.color_channels], (size, size), alpha, small_mask)
     report(0.1, "Running the harmonization network")
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -96,32 +69,6 @@ def harmonize_deep(image: np.ndarray, mask: np.ndarray, model: DeepHarmonization
     report(0.3, "Fitting the colour transform")
     coeffs = fit_local_affine(small, out, small_mask * small_alpha)
     return apply_local_affine(image, mask, coeffs, strength, report)
-
-
-def _small_rgb(pixels: np.ndarray, size: int, alpha: np.ndarray | None,
-               small_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Area-downscaled float RGB and alpha. Where the layer is (partly) transparent, the visible
-    colours are laid over the alpha-weighted mean colour of their own region (foreground or
-    background, by ``small_mask``), so invisible pixels add nothing but that region's own mean."""
-    if alpha is None or to_float(np.array([alpha.min()], alpha.dtype))[0] >= 1:
-        # Opaque: downscale in the native dtype (no full-size float copy).
-        small = cv2.resize(np.ascontiguousarray(pixels), (size, size), interpolation=cv2.INTER_AREA)
-        small = to_float(small.reshape(size, size, -1))
-        small_alpha = np.ones((size, size), np.float32)
-    else:
-        weight = to_float(alpha)
-        premultiplied = to_float(pixels).reshape(*weight.shape, -1) * weight[..., None]
-        small = cv2.resize(premultiplied, (size, size), interpolation=cv2.INTER_AREA).reshape(size, size, -1)
-        small_alpha = cv2.resize(weight, (size, size), interpolation=cv2.INTER_AREA)
-        region_means = []
-        for region in (small_mask, 1 - small_mask):
-            w = region * small_alpha
-            region_means.append(np.einsum("hwc,hw->c", small, region) / max(float(w.sum()), 1e-6))
-        backdrop = small_mask[..., None] * region_means[0] + (1 - small_mask[..., None]) * region_means[1]
-        small = small + (1 - small_alpha[..., None]) * backdrop
-    if small.shape[2] == 1:
-        small = np.repeat(small, 3, axis=2)
-    return np.ascontiguousarray(small, dtype=np.float32), small_alpha
 
 
 def fit_local_affine(source: np.ndarray, target: np.ndarray, weight: np.ndarray,

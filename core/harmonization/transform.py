@@ -1,7 +1,8 @@
 """Learned colour-transform harmonization at any resolution (the network is core/models/harmonizer.py).
 
 1. A copy of about R² pixels (aspect kept) is described: frozen ImageNet features and colour
-   statistics of the foreground (mask × alpha), the background and the ring around the object.
+   statistics of the foreground, the background and the ring around the object, each weighted by alpha
+   (invisible pixels belong to no region, as in the other methods; core/harmonization/inputs.py).
 2. The head predicts one global transform: a 3×3 colour matrix, an offset and a tone curve per channel.
 3. The transform is applied to the full-resolution pixels inside the mask's bounding box, strip by
    strip, and blended with the soft mask and the strength: where the mask is 0 the result is the
@@ -16,10 +17,10 @@ import cv2
 import numpy as np
 import torch
 
+from core.harmonization.inputs import Composite, check_composite, small_rgb
 from core.imaging.io import from_float, to_float
 from core.models.efficientnet_lite import WEIGHT_ID as BACKBONE_ID
 from core.models.harmonizer import HarmonizerConfig, WhiteBoxHarmonizer, curve_points
-from core.protocol import bad_input
 from core.weights import Manifest, load_verified_state
 
 # The default transform is the mean of the arguments predicted by two heads, one on the ImageNet features
@@ -52,33 +53,23 @@ def load_harmonizers(weight_ids: Sequence[str] = DEFAULT_WEIGHTS, manifest: Mani
     return models
 
 
-def predict_transform(image: np.ndarray, mask: np.ndarray, models: Sequence[WhiteBoxHarmonizer]) -> np.ndarray:
-    """The transform's arguments (P floats) for this composite: the mean over ``models``."""
-    return np.mean([_predict_one(image, mask, model) for model in models], axis=0)
-
-
-def _predict_one(image: np.ndarray, mask: np.ndarray, model: WhiteBoxHarmonizer) -> np.ndarray:
-    height, width = mask.shape
-    scale = model.config.resolution / np.sqrt(height * width)
+def predict_transform(checked: Composite, models: Sequence[WhiteBoxHarmonizer]) -> np.ndarray:
+    """The transform's arguments (P floats) for this composite: the mean over ``models``, which all
+    see the same small copy (about R² pixels, aspect kept; invisible pixels laid over their region's mean)."""
+    height, width = checked.mask.shape
+    scale = models[0].config.resolution / np.sqrt(height * width)
     size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
-    image3 = image if image.ndim == 3 else image[..., None]
-    color_channels = 3 if image3.shape[2] >= 3 else 1
-    small = to_float(cv2.resize(np.ascontiguousarray(image3[..., :color_channels]), size,
-                                interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1))
-    if color_channels == 1:
-        small = np.repeat(small, 3, axis=2)
-    small_mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    alpha = None
-    if image3.shape[2] in (2, 4):
-        alpha_small = to_float(cv2.resize(np.ascontiguousarray(image3[..., color_channels]), size,
-                                          interpolation=cv2.INTER_AREA))
-        alpha = torch.from_numpy(np.ascontiguousarray(alpha_small, np.float32))[None, None]
-    device = model.predictor.description_mean.device
-    with torch.no_grad():
-        rgb = torch.from_numpy(np.ascontiguousarray(small, np.float32)).permute(2, 0, 1)[None].to(device)
-        m = torch.from_numpy(small_mask)[None, None].to(device)
-        params = model(rgb, m, None if alpha is None else alpha.to(device))
-    return params[0].double().cpu().numpy()
+    small_mask = cv2.resize(checked.mask, size, interpolation=cv2.INTER_AREA)
+    small, small_alpha = small_rgb(checked.image3[..., :checked.color_channels], size, checked.alpha, small_mask)
+    params = []
+    for model in models:
+        device = model.predictor.description_mean.device
+        with torch.no_grad():
+            rgb = torch.from_numpy(small).permute(2, 0, 1)[None].to(device)
+            m = torch.from_numpy(small_mask)[None, None].to(device)
+            alpha = torch.from_numpy(small_alpha)[None, None].to(device) if checked.alpha is not None else None
+            params.append(model(rgb, m, alpha)[0].double().cpu().numpy())
+    return np.mean(params, axis=0)
 
 
 def apply_global_transform(pixels: np.ndarray, params: np.ndarray, knots: int) -> np.ndarray:
@@ -106,23 +97,12 @@ def harmonize_transform(image: np.ndarray, mask: np.ndarray, models: WhiteBoxHar
     if len(knots) != 1:
         raise ValueError(f"harmonizers to average must share their curve size, got {sorted(knots)}")
     curve_knots = knots.pop()
-    if not 0.0 <= strength <= 1.0:
-        raise bad_input(f"Strength must be between 0 and 1, got {strength}.")
-    image3 = image if image.ndim == 3 else image[..., None]
-    if image3.shape[:2] != mask.shape[:2]:
-        raise bad_input(f"The mask is {mask.shape[1]}×{mask.shape[0]} but the image is "
-                        f"{image3.shape[1]}×{image3.shape[0]}; they must match.")
-    mask = np.asarray(mask, dtype=np.float32)
-    if mask.max() <= 0:
-        raise bad_input("The selection (foreground mask) is empty: select the pasted object first.")
-    if mask.min() >= 1:
-        raise bad_input("The selection covers the whole layer, so there is no background to match. "
-                        "Select only the pasted object, or use 'invert mask' if you selected the background.")
+    checked = check_composite(image, mask, strength)
+    image3, mask, color_channels = checked.image3, checked.mask, checked.color_channels
     report = progress or (lambda fraction, text: None)
     report(0.05, "Looking at the composite")
-    params = predict_transform(image, mask, models)
+    params = predict_transform(checked, models)
     report(0.3, "Applying the colour transform at full resolution")
-    color_channels = 3 if image3.shape[2] >= 3 else 1
     result = image.copy()
     out3 = result if result.ndim == 3 else result[..., None]
     rows = np.nonzero(mask.max(axis=1) > 0)[0]
