@@ -39,6 +39,23 @@ def test_shipped_weights_load_strictly_frozen_and_in_eval_mode():
     assert torch.isfinite(logits).all() and logits.std() > 0.1
 
 
+def test_shipped_weights_classify_the_demo_photos_as_when_converted():
+    """Reference logits measured when the weights were converted: any change to the forward pass (padding,
+    normalization, an activation) moves them; the espresso and the cat are ImageNet's classes 967 and 281–285."""
+    from pathlib import Path
+
+    from core.training.efficientnet_lite import center_crop
+
+    photos = Path(__file__).resolve().parents[1] / "core" / "demo" / "photos"
+    model = load_pretrained(Manifest.load())
+    with torch.no_grad():
+        coffee = model(center_crop(photos / "coffee.jpg")[None])[0].topk(5)
+        cat = model(center_crop(photos / "chelsea.jpg")[None])[0].topk(3)
+    assert coffee.indices.tolist() == [967, 968, 925, 504, 960]
+    assert torch.allclose(coffee.values, torch.tensor([10.82, 6.801, 6.36, 5.467, 5.158]), atol=0.02)
+    assert set(cat.indices.tolist()) <= {281, 282, 283, 284, 285}
+
+
 def test_a_file_that_does_not_fit_is_named_in_the_error(tmp_path):
     from core.protocol import SemanticError
     from core.weights import register_weights, save_tensors

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     register_weights(path, WEIGHT_ID, "efficientnet_lite0", {"stages": "lite0", "input": "RGB [0,1]"},
                      card=f"{WEIGHT_ID}.md", directory=args.out)
     report = {"file": str(path), "bytes": path.stat().st_size,
-              "parameters": sum(v.numel() for v in kept.values())}
+              "values": sum(v.numel() for v in kept.values())}
     if args.check and args.synsets:
         start = time.perf_counter()
         report.update(check({"fp32": fp32.eval(), "fp16": stored.eval()}, args.check, args.synsets))
