@@ -54,7 +54,7 @@ def transform_model(spec: str) -> WhiteBoxHarmonizer:
         model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("backbone.")},
                               strict=False)
         if model.backbone is not None:
-            model.backbone.load_state_dict(load_pretrained().state_dict())
+            model.backbone = load_pretrained()
         return model.eval()
     return load_harmonizer(spec, Manifest.load())
 

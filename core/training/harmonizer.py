@@ -115,7 +115,7 @@ def train(args: argparse.Namespace) -> None:
     config = replace(HarmonizerConfig(), use_backbone=not args.no_backbone, dropout=args.dropout, hidden=args.hidden)
     model = WhiteBoxHarmonizer(config)
     if config.use_backbone:
-        model.backbone.load_state_dict(load_pretrained(Manifest.load()).state_dict())
+        model.backbone = load_pretrained(Manifest.load())
     model.train()
     train_data = load_described(model, cache, args.out, "train", args.describe_limit)
     val_data = load_described(model, cache, args.out, "val")
