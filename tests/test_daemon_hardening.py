@@ -219,10 +219,12 @@ def test_jobs_leave_no_traceback_on_stderr(tmp_path):
 
 
 def test_deep_harmonization_on_a_layer_wider_than_32767(daemon):
+    from core.harmonization.deep import DEFAULT_WEIGHTS
     from core.weights import Manifest, WeightStatus
 
-    if Manifest.load().entries.get("dih-small") is None or Manifest.load().status("dih-small") != WeightStatus.ok:
-        pytest.skip("dih-small weights are not installed")
+    manifest = Manifest.load()  # 'deep' loads DEFAULT_WEIGHTS: skip on exactly the weights it needs
+    if manifest.entries.get(DEFAULT_WEIGHTS) is None or manifest.status(DEFAULT_WEIGHTS) != WeightStatus.ok:
+        pytest.skip(f"{DEFAULT_WEIGHTS} weights are not installed")
     width = 33_000
     image, mask = image_and_mask(4, width)
     mask[:] = 0
