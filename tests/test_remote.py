@@ -164,3 +164,28 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
+
+@pytest.mark.parametrize("port, problem", [
+    ("", None),  # the plug-in reads an empty port as "no remote daemon" and starts a local one
+    (None, None),
+    ("8765", "'port' must be the tunnel's local port"),  # a string, as a hand-edited config may hold
+    (0, "'port' must be the tunnel's local port"),
+])
+def test_doctor_reads_a_plugin_config_as_the_plugin_does(tmp_path, port, problem):
+    gimp = tmp_path / "gimp"
+    install.install_plugin(GimpConfigDir(gimp, "3.2"), install.plugin_settings(["x"], tmp_path / "state"))
+    config_file = gimp / "plug-ins" / "gimp-semantic" / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(dict(config, port=port, token_file=str(tmp_path / "gpu-token"))))
+    env = dict(os.environ, SEMANTIC_STATE_DIR=str(tmp_path / "state"), SEMANTIC_LOG_DIR=str(tmp_path / "log"))
+    done = subprocess.run([sys.executable, "-m", "core", "doctor", "--json", "--gimp-dir", str(gimp)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    if problem is None:
+        assert report["remote"] == [] and not any("remote" in p for p in report["problems"])
+    else:
+        assert [r["ok"] for r in report["remote"]] == [False] and problem in report["remote"][0]["message"]
+        assert any(problem in p and str(config_file) in p for p in report["problems"]), report["problems"]
+        assert done.returncode == 1

@@ -61,9 +61,15 @@ def collect(gimp_dirs: list[Path] | None = None) -> dict:
 
 
 def _names_remote(config_file: Path) -> bool:
+    """Whether the plug-in with this config uses a remote daemon, decided as the plug-in decides it
+    (RemoteDaemon.from_config: an empty 'port' means a local daemon). A remote setting it cannot use
+    counts, so that _remote_status reports what is wrong with it."""
     try:
-        return json.loads(config_file.read_text(encoding="utf-8")).get("port") is not None
-    except (OSError, ValueError, AttributeError):
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        return isinstance(config, dict) and RemoteDaemon.from_config(config, str(config_file)) is not None
+    except SemanticError:
+        return True
+    except (OSError, ValueError):
         return False
 
 
@@ -72,6 +78,8 @@ def _remote_status(config_file: Path) -> dict:
     status = {"config": str(config_file), "ok": False}
     try:
         remote = RemoteDaemon.from_config(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+        if remote is None:  # the file changed since _names_remote read it
+            return dict(status, message="the config names no remote daemon ('port' is empty or missing)")
         status.update(address=remote.address, port=remote.port, token_file=remote.token_path)
         _, health = remote.connect(__version__)
     except (OSError, ValueError, SemanticError) as exc:
