@@ -189,3 +189,33 @@ def test_doctor_reads_a_plugin_config_as_the_plugin_does(tmp_path, port, problem
         assert [r["ok"] for r in report["remote"]] == [False] and problem in report["remote"][0]["message"]
         assert any(problem in p and str(config_file) in p for p in report["problems"]), report["problems"]
         assert done.returncode == 1
+
+
+def test_daemon_command_refuses_to_leave_another_daemon_in_place_of_the_one_asked_for(tmp_path):
+    """The README's GPU-machine command, run while a daemon started without it (e.g. by a local plug-in)
+    still runs: it must not report success with no daemon on the port and no token file."""
+    running = start_daemon(tmp_path / "state", "--idle-exit", "0")
+    env = dict(os.environ, SEMANTIC_STATE_DIR=str(tmp_path / "state"), SEMANTIC_LOG_DIR=str(tmp_path / "log"))
+
+    def daemon_command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "core", "daemon", "--idle-exit", "0", *args], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    try:
+        port, token_file = _closed_port(), tmp_path / "remote-token"
+        for asked in (["--port", str(port), "--token-file", str(token_file)], ["--port", str(port)],
+                      ["--token-file", str(token_file)]):
+            done = daemon_command(*asked)
+            assert done.returncode == 2, (asked, done.returncode, done.stderr)
+            pid = running.process.pid
+            assert f"pid {pid}" in done.stderr and f":{running.discovery.port}" in done.stderr, done.stderr
+            assert f"kill {pid}" in done.stderr and "Traceback" not in done.stderr, done.stderr
+            assert not token_file.exists()
+        # What it has, or nothing in particular: the running daemon is the one asked for.
+        for asked in ([], ["--port", str(running.discovery.port)],
+                      ["--token-file", running.discovery.token_file]):
+            done = daemon_command(*asked)
+            assert done.returncode == 0 and "already running" in done.stderr, (asked, done.stderr)
+        assert running.client().health()["pid"] == running.process.pid
+    finally:
+        running.stop()

@@ -37,6 +37,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     running = _running_daemon()
     if running is not None:
+        unmet = _unmet_settings(args, running)
+        if unmet:
+            # One daemon per user (one discovery file): exiting 0 here would leave a remote client's tunnel
+            # and token file pointing at nothing.
+            raise SemanticError(
+                ErrorCode.bad_request,
+                f"A gimp-semantic daemon already runs (pid {running.pid}) on {running.address}:{running.port} "
+                f"with token file {running.token_file}, not {' and '.join(unmet)} as asked. Stop it with "
+                f"'kill {running.pid}' and run this command again.")
         print(f"gimp-semantic daemon already running on {running.address}:{running.port} "
               f"(pid {running.pid})", file=sys.stderr)
         return 0
@@ -57,6 +66,16 @@ def run(args) -> int:
           file=sys.stderr, flush=True)
     daemon.serve()
     return 0
+
+
+def _unmet_settings(args, running: Discovery) -> list[str]:
+    """What this command asked for (--port, --token-file) that the running daemon does not have."""
+    unmet = []
+    if args.port and args.port != running.port:
+        unmet.append(f"on port {args.port}")
+    if args.token_file and args.token_file.expanduser().resolve() != Path(running.token_file).resolve():
+        unmet.append(f"with token file {args.token_file.expanduser().absolute()}")
+    return unmet
 
 
 def _running_daemon() -> Discovery | None:
