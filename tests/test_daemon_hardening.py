@@ -26,7 +26,16 @@ import pytest
 from core import __version__
 from core.actions.inputs import to_numpy, to_wire
 from core.gimp_dirs import GimpConfigDir
-from core.protocol import FRAME_MAGIC, FRAME_PREFIX, DaemonClient, ErrorCode, SemanticError
+from core.protocol import (
+    FRAME_MAGIC,
+    FRAME_PREFIX,
+    DaemonClient,
+    ErrorCode,
+    JobRequest,
+    SemanticError,
+    encode_frame_parts,
+    read_frame,
+)
 from tests.e2e.harness import REPO, RunningDaemon, install, start_daemon
 
 DECLARED_PAYLOAD = 1_900_000_000  # what a 77-byte request once made the daemon reserve up front
@@ -483,6 +492,141 @@ def test_unreadable_manifest_is_a_message_naming_it(tmp_path):
             assert str(manifest) in info.value.message and "installer" in info.value.message
     finally:
         running.stop()
+
+
+# --- 9. a job's stream after its 200: a failure ends it cleanly and cancels the job ------------------
+
+
+def start_daemon_running(tmp_path: Path, startup_code: str,
+                         files: dict[str, str] | None = None) -> RunningDaemon:
+    """A real daemon whose process first runs ``startup_code`` (a sitecustomize module on PYTHONPATH):
+    the way to give it many open files, or an action with a bug, from outside."""
+    hook = tmp_path / "startup"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(startup_code)
+    for name, text in (files or {}).items():
+        (hook / name).parent.mkdir(parents=True, exist_ok=True)
+        (hook / name).write_text(text)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    return start_daemon(tmp_path / "state", "--idle-exit", "0", env=dict(os.environ, PYTHONPATH=path))
+
+
+def hang_up_after_accepted(running: RunningDaemon, action: str, params: dict) -> str:
+    """Send a job, read its 'accepted' frame and close the connection, as GIMP's Cancel does."""
+    image = to_wire("image", np.zeros((8, 8, 3), np.uint8))
+    request = JobRequest(action, params, {"image": image})
+    body = b"".join(bytes(p) for p in encode_frame_parts(request.to_frame()))
+    conn = http.client.HTTPConnection("127.0.0.1", running.discovery.port, timeout=60)
+    try:
+        token = running.discovery.read_token()
+        conn.request("POST", "/v1/jobs", body=body, headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        assert response.status == 200
+        accepted = read_frame(response.read)
+        assert accepted.kind == "accepted"
+        return accepted.header["job"]
+    finally:
+        conn.close()
+
+
+MANY_OPEN_FILES = """
+import os, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+HELD = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # sockets opened from here on get fds >= 1024
+"""
+
+
+def test_a_daemon_with_many_open_files_still_notices_a_client_hang_up(tmp_path):
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 2048:
+        pytest.skip("this system allows a process fewer than 2048 open files")
+    running = start_daemon_running(tmp_path, MANY_OPEN_FILES)
+    client, image = running.client(), to_wire("image", np.zeros((8, 8, 3), np.uint8))
+    blocking_started, release, blocking_error = threading.Event(), threading.Event(), []
+
+    def blocking_job():
+        try:
+            client.run("echo", {"delay_s": 3600}, [image], on_progress=lambda f, t: blocking_started.set(),
+                       should_cancel=release.is_set)
+        except SemanticError as exc:
+            blocking_error.append(exc)
+
+    blocker = threading.Thread(target=blocking_job, daemon=True)
+    blocker.start()
+    try:
+        assert blocking_started.wait(60)
+        # Waiting in line, the job's stream writes nothing: only watching its socket shows the hang-up.
+        job = hang_up_after_accepted(running, "echo", {"delay_s": 0})
+        running.wait_for_log(rf"job {job} echo: cancelled", timeout=60)
+        assert blocker.is_alive()
+    finally:
+        release.set()
+        blocker.join(60)
+        running.stop()
+    assert blocking_error and blocking_error[0].code is ErrorCode.cancelled
+    assert "failed:" not in running.log(), running.log()
+
+
+FAULTY_ACTIONS = """
+import time
+
+import numpy as np
+
+from core.actions.base import Action
+
+
+def numpy_fraction(arrays, params, ctx):
+    ctx.progress(np.float32(0.5), "A NumPy fraction")  # JobContext.report converts it; this call does not
+    return {"image": arrays["image"]}
+
+
+def unencodable_progress(arrays, params, ctx):
+    ctx.progress(0.5, {"a set is no JSON": {1}})
+    while True:  # computes until cancelled
+        ctx.report(0.5, "Still computing")
+        time.sleep(0.05)
+
+
+ACTIONS = [Action("numpy_fraction", "progress with a NumPy fraction", numpy_fraction),
+           Action("unencodable_progress", "progress the stream cannot encode", unencodable_progress)]
+"""
+EXTRA_ACTIONS = """
+import pathlib
+
+import core.actions
+
+core.actions.__path__.append(str(pathlib.Path(__file__).parent / "extra_actions"))
+"""
+
+
+@pytest.fixture(scope="module")
+def faulty_daemon(tmp_path_factory):
+    running = start_daemon_running(tmp_path_factory.mktemp("faulty"), EXTRA_ACTIONS,
+                                   {"extra_actions/faulty.py": FAULTY_ACTIONS})
+    yield running
+    running.stop()
+
+
+def test_a_numpy_progress_fraction_reaches_the_client(faulty_daemon):
+    image, _ = image_and_mask()
+    fractions = []
+    out = run_job(faulty_daemon.client(), "numpy_fraction", {}, on_progress=lambda f, t: fractions.append(f),
+                  image=image)
+    assert np.array_equal(out["image"], image) and fractions == [0.5]
+
+
+def test_a_stream_that_fails_ends_with_an_error_frame_and_cancels_its_job(faulty_daemon):
+    image, _ = image_and_mask()
+    log_start = len(faulty_daemon.log())
+    with pytest.raises(SemanticError) as info:
+        run_job(faulty_daemon.client(), "unencodable_progress", {}, image=image)
+    assert info.value.code is ErrorCode.internal, info.value.message
+    assert "TypeError" in info.value.message and "daemon.log" in info.value.message
+    job = faulty_daemon.wait_for_log(r"job (\w+) unencodable_progress accepted", start=log_start).group(1)
+    faulty_daemon.wait_for_log(rf"job {job} unencodable_progress: cancelled", timeout=60, start=log_start)
+    assert faulty_daemon.client().health()["protocol"] == 1
 
 
 # --- doctor ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import logging
 import os
 import queue
 import secrets
-import select
+import selectors
 import socket
 import threading
 import time
@@ -241,7 +241,8 @@ class Daemon:
             now = time.monotonic()
             if now - last_sent[0] >= PROGRESS_INTERVAL_S or fraction >= 1.0:
                 last_sent[0] = now
-                job.events.put(Frame("progress", {"fraction": fraction, "text": text}))
+                # A plain float: JSON cannot encode NumPy scalars, and the frame is encoded in the stream.
+                job.events.put(Frame("progress", {"fraction": float(fraction), "text": text}))
 
         ctx = JobContext(self.device, self.models, progress, job.cancel_event)
         started = time.monotonic()
@@ -462,7 +463,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
+        # From here on the answer is this stream: whatever fails must end it here, since an exception left to
+        # _guarded would write a second response into it, and the job would compute on for nobody.
+        watcher = None
         try:
+            # poll/epoll, not select(): select() fails on descriptors past 1023, which a busy process has.
+            watcher = selectors.DefaultSelector()
+            watcher.register(self.connection, selectors.EVENT_READ)
             self._write_chunk(encode_frame_parts(Frame("accepted", {"job": job.id})))
             watch_client = True
             while True:
@@ -472,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
                     frame = None
                 if frame is None:
                     if watch_client:
-                        state = self._client_state()
+                        state = self._client_state(watcher)
                         if state == "gone":
                             raise ConnectionResetError("the client closed the connection")
                         watch_client = state == "connected"
@@ -485,13 +492,34 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             job.cancel_event.set()  # the client went away: stop computing for nobody
             self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a bug: an error frame for the client, the traceback logged
+            job.cancel_event.set()
+            self.close_connection = True
+            log.error("job %s %s: its stream failed:\n%s", job.id, job.action.name, traceback.format_exc())
+            self._end_stream_with(SemanticError(
+                ErrorCode.internal,
+                f"Internal error in the daemon while it sent the job's progress or result: "
+                f"{type(exc).__name__}: {exc}. Details are in the daemon log "
+                f"{self.daemon.config.log_file or ''}."))
+        finally:
+            if watcher is not None:
+                watcher.close()
 
-    def _client_state(self) -> str:
+    def _end_stream_with(self, error: SemanticError) -> None:
+        """A last 'error' frame and the end of the stream. Frames are encoded before any of their bytes are
+        written, and writes fail only with OSError (ValueError once closed): no chunk is half sent here."""
+        try:
+            self._write_chunk(encode_frame_parts(Frame("error", error.to_dict())))
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (OSError, ValueError):
+            pass  # the client is gone too
+
+    def _client_state(self, watcher: selectors.BaseSelector) -> str:
         """'gone' once the client closed its end, 'connected' while it waits silently, 'sending' when it
         sent more bytes (a pipelined request: its end-of-stream is then not ours to watch for)."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            if not readable:
+            if not watcher.select(timeout=0):
                 return "connected"
             return "sending" if self.connection.recv(1, socket.MSG_PEEK) else "gone"
         except OSError:  # reset by the peer
