@@ -215,16 +215,17 @@ def test_client_checks_the_limit_before_sending(daemon):
 def test_missing_or_corrupt_weights_name_the_file(tmp_path):
     import shutil
 
+    from core.harmonization.deep import DEFAULT_WEIGHTS
     from core.weights import Manifest, bundled_weights_dir
 
-    bundled = Manifest.load(bundled_weights_dir())
-    if "dih-small" not in bundled.entries:
-        pytest.skip("dih-small is not in weights/manifest.json")
+    bundled = Manifest.load(bundled_weights_dir())  # 'deep' loads DEFAULT_WEIGHTS: corrupt exactly that file
+    if DEFAULT_WEIGHTS not in bundled.entries:
+        pytest.skip(f"{DEFAULT_WEIGHTS} is not in weights/manifest.json")
     weights = tmp_path / "weights"
     weights.mkdir()
     shutil.copyfile(bundled.directory / "manifest.json", weights / "manifest.json")
-    shutil.copyfile(bundled.path("dih-small"), weights / bundled.entries["dih-small"].file)
-    target = weights / bundled.entries["dih-small"].file
+    target = weights / bundled.entries[DEFAULT_WEIGHTS].file
+    shutil.copyfile(bundled.path(DEFAULT_WEIGHTS), target)
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x55
     target.write_bytes(bytes(data))
