@@ -6,6 +6,7 @@ everything else is the real daemon, the real client and the plug-in's daemon fin
 
 from __future__ import annotations
 
+import errno
 import http.client
 import http.server
 import importlib
@@ -25,6 +26,7 @@ import pytest
 
 from core import __version__
 from core.actions.inputs import to_numpy, to_wire
+from core.daemon.server import MAX_CONNECTIONS
 from core.gimp_dirs import GimpConfigDir
 from core.protocol import (
     FRAME_MAGIC,
@@ -437,6 +439,37 @@ def test_connections_are_capped_and_the_rest_told_why(daemon):
             daemon.client().health()
         assert info.value.code is ErrorCode.busy and "connections" in info.value.message
         assert proc_status(pid, "Threads") - threads_before <= 70
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until_healthy(daemon)["protocol"] == 1
+
+
+def test_a_refused_client_is_not_read_to_its_end_on_the_accepting_thread(daemon):
+    """The accepting thread writes the 503 and reads one bounded piece of what a refused client sent: were
+    it to read on while the client keeps sending, no other client would be accepted meanwhile. A client
+    with half a megabyte sent gets the 503, then a reset instead of being read to the end."""
+    pid, port = daemon.process.pid, daemon.discovery.port
+    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(MAX_CONNECTIONS)]
+    try:
+        with pytest.raises(SemanticError) as info:  # accepted in order: all held connections are taken
+            daemon.client().health()
+        assert info.value.code is ErrorCode.busy
+        os.kill(pid, signal.SIGSTOP)  # all of it is sent before the daemon looks at the connection
+        try:
+            refused = socket.create_connection(("127.0.0.1", port), timeout=30)
+            refused.sendall(post_head(daemon.discovery.read_token(), 1 << 30) + bytes(1 << 19))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Accepted in order: once this answer is back, the daemon is done with the refused connection.
+        with pytest.raises(SemanticError) as info:
+            daemon.client().health()
+        assert info.value.code is ErrorCode.busy
+        with refused:
+            answer = b"".join(iter(lambda: refused.recv(1 << 16), b""))
+            # Reset after its FIN (Linux then reports EPIPE): the daemon closed with the rest unread.
+            assert refused.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (errno.EPIPE, errno.ECONNRESET)
+        assert answer.startswith(b"HTTP/1.1 503")
     finally:
         for sock in held:
             sock.close()

@@ -58,6 +58,8 @@ DISCARD_LIMIT_BYTES = 256 << 20
 SOCKET_TIMEOUT_S = 60.0
 MAX_CONNECTIONS = 64
 LISTEN_BACKLOG = 128
+# What a refused connection may have sent that the accepting thread reads before closing it.
+TURN_AWAY_READ_BYTES = 1 << 16
 # How long a stopping daemon (SIGTERM, Ctrl+C) lets running jobs' streams carry the news to their clients.
 SHUTDOWN_GRACE_S = 5.0
 STOPPED_MESSAGE = ("The gimp-semantic daemon was stopped while this job ran (it was asked to quit). Run the "
@@ -321,10 +323,12 @@ class _Server(ThreadingHTTPServer):
             request.setblocking(False)
             request.send(head + body)  # a few hundred bytes: an empty socket buffer takes them at once
             request.shutdown(socket.SHUT_WR)
-            while request.recv(1 << 16):
-                pass  # what the client sent so far: closing with it unread would reset the connection
+            # One read, not waiting: it takes a request head that has arrived (closing with it unread resets
+            # the connection, which some clients report instead of the 503). Reading on while a client keeps
+            # sending would hold up every accept: such a client gets the reset.
+            request.recv(TURN_AWAY_READ_BYTES)
         except OSError:
-            pass  # BlockingIOError: nothing more has arrived; anything else: the client is gone already
+            pass  # BlockingIOError: nothing has arrived yet; anything else: the client is gone already
         self.close_request(request)
 
     def handle_error(self, request, client_address) -> None:
