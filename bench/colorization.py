@@ -2,7 +2,9 @@
 
     python bench/colorization.py --data ../shared/datasets/siftflow/train [--limit N] [--sheet PATH]
 
-Segmentation: pixel accuracy and mIoU of the shipped GridNet (unlabeled pixels not scored).
+Segmentation: pixel accuracy, mIoU and per-class IoU (person included) of the segmenter the colorization
+uses (default: the pretrained-backbone one) and of GridNet from scratch, on the same images (unlabeled
+pixels not scored).
 Colorization against the original photos (PSNR on sRGB, mean CIE76 ΔE in float CIELab, Hasler–Süsstrunk
 colorfulness) for: the gray input, the colorizer with the predicted map, with the ground-truth map, and
 with no map (all unlabeled). Everything runs through the full-resolution pipeline the CLI and GIMP use.
@@ -32,6 +34,7 @@ from core.colorization.palette import render  # noqa: E402
 from core.data.siftflow import list_pairs, load_pair  # noqa: E402
 from core.imaging.color import rgb_to_lab  # noqa: E402
 from core.training.gridnet import confusion, scores  # noqa: E402
+from core.training.segmenter import per_class_iou  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -99,7 +102,8 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=0, help="score only the first N validation images")
     p.add_argument("--sheet", default="runs/colorization/contact_sheet.png")
     p.add_argument("--sheet-count", type=int, default=12)
-    p.add_argument("--segmenter", default=pipeline.GRIDNET_WEIGHTS)
+    p.add_argument("--segmenter", default=pipeline.PRETRAINED_SEGMENTER_WEIGHTS,
+                   help="weights id of the segmenter whose map the colorizer gets")
     p.add_argument("--colorizer", default=pipeline.COLORIZER_WEIGHTS)
     p.add_argument("--ablation", default="", help="weights id of the no-instance-norm colorizer, if trained")
     p.add_argument("--threads", type=int, default=1)
@@ -109,6 +113,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     segmenter = pipeline.load_segmenter(device, args.segmenter)
+    # every segmenter is scored on the same images; the colorizer gets the first one's map
+    segmenters = {args.segmenter: segmenter}
+    for weight_id in pipeline.SEGMENTERS.values():
+        if weight_id not in segmenters:
+            segmenters[weight_id] = pipeline.load_segmenter(device, weight_id)
     colorizer = pipeline.load_colorizer(device, args.colorizer)
     ablation = pipeline.load_colorizer(device, args.ablation) if args.ablation else None
     if args.timing_only:
@@ -118,7 +127,7 @@ def main(argv=None) -> None:
     if args.limit:
         pairs = pairs[:args.limit]
     classes = len(segmenter.classes)
-    matrix = np.zeros((classes, classes), np.int64)
+    matrices = {weight_id: np.zeros((classes, classes), np.int64) for weight_id in segmenters}
     conditions = ["gray_input", "predicted_map", "ground_truth_map", "no_map"] + (
         ["ground_truth_map_no_instance_norm", "no_map_no_instance_norm"] if ablation else [])
     sums = {c: {"psnr": 0.0, "delta_e": 0.0, "colorfulness": 0.0} for c in conditions + ["original"]}
@@ -127,8 +136,10 @@ def main(argv=None) -> None:
         rgb, labels = load_pair(image_path, label_path)
         lab_ref = rgb_to_lab(rgb.astype(np.float32) / 255)
         lightness, _ = pipeline.image_lightness(rgb)
-        ids, ids_small = pipeline.segment(lightness, segmenter)
-        matrix += confusion(ids.reshape(-1), labels.reshape(-1), classes)
+        maps = {weight_id: pipeline.segment(lightness, other) for weight_id, other in segmenters.items()}
+        for weight_id, (other_ids, _) in maps.items():
+            matrices[weight_id] += confusion(other_ids.reshape(-1), labels.reshape(-1), classes)
+        ids, ids_small = maps[args.segmenter]
         outputs = {
             "gray_input": gray_rgb(lightness),
             "predicted_map": pipeline.colorize(rgb, colorizer, ids, lightness, ids_small)[0],
@@ -149,7 +160,11 @@ def main(argv=None) -> None:
     result = {
         "data": str(args.data), "split": "val (10% held out by file-name hash)", "images": n,
         "weights": {"segmenter": args.segmenter, "colorizer": args.colorizer, "ablation": args.ablation or None},
-        "segmentation": scores(matrix),
+        "segmentation": {**scores(matrices[args.segmenter]),
+                         "per_class_iou": per_class_iou(matrices[args.segmenter], segmenter.classes)},
+        "segmentation_by_segmenter": {
+            weight_id: {**scores(m), "per_class_iou": per_class_iou(m, segmenter.classes)}
+            for weight_id, m in matrices.items()},
         "colorization": {c: {k: round(v / n, 3) for k, v in m.items()} for c, m in sums.items()},
     }
     result["colorization"]["original"] = {"colorfulness": result["colorization"]["original"]["colorfulness"]}

@@ -1,5 +1,6 @@
 """`gimp-semantic segment` and `gimp-semantic colorize` end to end in-process, with small random networks
-registered in a temporary weights folder (the shipped weights are tested in test_colorization_pipeline)."""
+registered in a temporary weights folder (the shipped weights are tested in test_colorization_pipeline):
+both segmenters, maps read back from ids or colors, lossy map formats refused."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from core.colorization.pipeline import COLORIZER_WEIGHTS, GRIDNET_WEIGHTS
 from core.models.colorization_unet import ColorizationUNet, ColorizerConfig
 from core.models.gridnet import GridNet, GridNetConfig
 from core.weights import register_weights, save_tensors
+from tests.test_segmenter import register_tiny_segmenter
 
 CLASSES = ["unlabeled", "sky", "tree", "sea"]
 
@@ -34,6 +36,7 @@ def weights(tmp_path, monkeypatch):
         save_tensors(path, model(config).state_dict())
         register_weights(path, weight_id, weight_id.split("-")[0],
                          dict(config.to_dict(), classes=CLASSES, input_size=32), directory=directory)
+    register_tiny_segmenter(directory, classes=CLASSES, input_size=32)
     monkeypatch.setenv("SEMANTIC_WEIGHTS_DIR", str(directory))
     return directory
 
@@ -44,16 +47,45 @@ def _gray_file(path, h=50, w=70):
     return path
 
 
-def test_segment_writes_ids_or_colors(weights, tmp_path):
+@pytest.mark.parametrize("segmenter", [[], ["--segmenter", "pretrained"], ["--segmenter", "gridnet"]])
+def test_segment_writes_ids_or_colors(weights, tmp_path, segmenter):
     image = _gray_file(tmp_path / "gray.png")
-    assert main(["segment", str(image), "-o", str(tmp_path / "ids.png"), "--quiet"]) == 0
-    assert main(["segment", str(image), "-o", str(tmp_path / "colors.png"), "--colored", "--quiet"]) == 0
+    assert main(["segment", str(image), "-o", str(tmp_path / "ids.png"), "--quiet", *segmenter]) == 0
+    assert main(["segment", str(image), "-o", str(tmp_path / "colors.png"), "--colored", "--quiet",
+                 *segmenter]) == 0
     ids = Image.open(tmp_path / "ids.png")
     assert ids.mode == "L" and ids.size == (70, 50)
     ids = np.asarray(ids)
     assert ids.min() >= 1 and ids.max() < len(CLASSES)
     colors = np.asarray(Image.open(tmp_path / "colors.png").convert("RGB"))
     assert np.array_equal(colors, class_colors(len(CLASSES))[ids])
+
+
+def test_the_two_segmenters_are_different_networks(weights, tmp_path):
+    image = _gray_file(tmp_path / "gray.png")
+    maps = {}
+    for name in ("pretrained", "gridnet"):
+        assert main(["segment", str(image), "-o", str(tmp_path / f"{name}.png"), "--segmenter", name,
+                     "--quiet"]) == 0
+        maps[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert not np.array_equal(maps["pretrained"], maps["gridnet"])
+    assert main(["colorize", str(image), "-o", str(tmp_path / "out.png"), "--segmenter", "gridnet",
+                 "--save-map", str(tmp_path / "used.png"), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "used.png")), maps["gridnet"])
+
+
+@pytest.mark.parametrize("name", ["map.jpg", "map.JPEG", "map.webp"])
+def test_maps_are_never_written_lossy(weights, tmp_path, capsys, name):
+    image = _gray_file(tmp_path / "gray.png")
+    assert main(["segment", str(image), "-o", str(tmp_path / name), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "lossy" in err and "PNG" in err and str(tmp_path / name) in err
+    assert main(["colorize", str(image), "-o", str(tmp_path / "out.png"), "--save-map", str(tmp_path / name),
+                 "--quiet"]) == 2
+    assert "lossy" in capsys.readouterr().err
+    assert not (tmp_path / name).exists() and not (tmp_path / "out.png").exists()  # refused before any work
+    # the colorized photo itself may be a JPEG; only maps carry ids
+    assert main(["colorize", str(image), "-o", str(tmp_path / "out.jpg"), "--quiet"]) == 0
 
 
 def test_colorize_with_id_map_equals_colorize_with_color_map(weights, tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from core.actions.base import JobContext, ModelCache
 from core.actions.colorize import colorize as colorize_action
+from core.actions.colorize import segment as segment_action
 from core.colorization import pipeline
 from core.colorization.palette import class_colors, gimp_palette, read_map, render
 from core.imaging.color import rgb_to_lab
@@ -102,6 +103,28 @@ def test_gimp_palette_lists_every_class():
     assert text.count("\n") == 4 + len(CLASSES) and "\t3 sea" in text
 
 
+def test_shipped_palette_holds_every_class_and_person_maps_are_read_back():
+    manifest = _shipped(pipeline.COLORIZER_WEIGHTS)
+    classes = manifest.entry(pipeline.COLORIZER_WEIGHTS).config["classes"]
+    for weight_id in pipeline.SEGMENTERS.values():
+        if weight_id in manifest.entries:  # a map from either segmenter must be paintable with the palette
+            assert manifest.entry(weight_id).config["classes"] == classes
+    lines = gimp_palette(classes).splitlines()[4:]
+    assert [line.split("\t")[1] for line in lines] == [f"{i} {name}" for i, name in enumerate(classes)]
+    person = classes.index("person")
+    ids = np.full((6, 8), classes.index("sky"), np.uint8)
+    ids[2:, 3:] = person
+    painted = class_colors(len(classes))[ids]
+    assert lines[person].startswith(" ".join(f"{v:3d}" for v in painted[3, 4]))
+    assert np.array_equal(read_map(painted, classes), ids)
+
+
+def test_action_rejects_unknown_segmenters():
+    ctx = JobContext(torch.device("cpu"), ModelCache())
+    with pytest.raises(SemanticError, match="pretrained, gridnet"):
+        segment_action({"image": smooth_gray(32, 32, np.uint8)}, {"segmenter": "fcn"}, ctx)
+
+
 def test_action_rejects_a_map_of_the_wrong_size():
     ctx = JobContext(torch.device("cpu"), ModelCache())
     ctx.models.put(f"{pipeline.COLORIZER_WEIGHTS}@cpu", tiny_colorizer())
@@ -137,9 +160,10 @@ def test_editing_the_map_changes_colors_where_edited():
     assert np.array_equal(lab_a[..., 0], lab_b[..., 0])
 
 
-def test_shipped_segmenter_gives_valid_ids():
-    manifest = _shipped(pipeline.GRIDNET_WEIGHTS)
-    segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=manifest)
+@pytest.mark.parametrize("weight_id", list(pipeline.SEGMENTERS.values()))
+def test_shipped_segmenter_gives_valid_ids(weight_id):
+    manifest = _shipped(weight_id)
+    segmenter = pipeline.load_segmenter(torch.device("cpu"), weight_id, manifest=manifest)
     lightness, _ = pipeline.image_lightness(smooth_gray(150, 210, np.uint8))
     ids, small = pipeline.segment(lightness, segmenter)
     assert ids.shape == (150, 210) and ids.dtype == np.uint8

@@ -5,7 +5,9 @@
             alpha; the input's L kept), "map" and "map_rgb" (the map that was used: ids, palette colors)
 
 Params: "use_map" (colorize: false = colorize without any map), "snap" (map colors not in the palette go
-to the nearest class instead of raising an error naming where they are).
+to the nearest class instead of raising an error naming where they are), "segmenter" (segment, and
+colorize's predicted map: "pretrained", the default, on the ImageNet backbone, or "gridnet", GridNet
+trained from scratch).
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from core.actions.base import Action, Arrays, JobContext
-from core.actions.inputs import get_bool, require_image
+from core.actions.inputs import get_bool, get_choice, require_image
 from core.colorization import pipeline
 from core.colorization.palette import gimp_palette, read_map, render
 from core.protocol import bad_input
 
 
-def _segmenter(ctx: JobContext) -> pipeline.Segmenter:
-    return ctx.models.get(f"{pipeline.GRIDNET_WEIGHTS}@{ctx.device}",
-                          lambda: pipeline.load_segmenter(ctx.device))
+def _segmenter(params: dict, ctx: JobContext) -> pipeline.Segmenter:
+    name = get_choice(params, "segmenter", pipeline.DEFAULT_SEGMENTER, tuple(pipeline.SEGMENTERS))
+    weight_id = pipeline.SEGMENTERS[name]
+    return ctx.models.get(f"{weight_id}@{ctx.device}", lambda: pipeline.load_segmenter(ctx.device, weight_id))
 
 
 def _colorizer(ctx: JobContext) -> pipeline.Colorizer:
@@ -29,8 +32,9 @@ def _colorizer(ctx: JobContext) -> pipeline.Colorizer:
                           lambda: pipeline.load_colorizer(ctx.device))
 
 
-def _predict_map(lightness: np.ndarray, ctx: JobContext) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    segmenter = _segmenter(ctx)
+def _predict_map(lightness: np.ndarray, params: dict,
+                 ctx: JobContext) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    segmenter = _segmenter(params, ctx)
     ctx.report(0.3, "Segmenting")
     ids, ids_small = pipeline.segment(lightness, segmenter)
     return ids, ids_small, segmenter.classes
@@ -40,7 +44,7 @@ def segment(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     image = require_image(arrays)
     ctx.report(0.05, "Reading lightness")
     lightness, _ = pipeline.image_lightness(image)
-    ids, _, classes = _predict_map(lightness, ctx)
+    ids, _, classes = _predict_map(lightness, params, ctx)
     ctx.report(1.0, "Done")
     return {"map": ids[..., None], "map_rgb": render(ids, len(classes))}
 
@@ -60,7 +64,7 @@ def colorize(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
                             f"{image.shape[1]}×{image.shape[0]}; they must be the same size.")
         ids = read_map(np.asarray(user_map), colorizer.classes, snap=snap)
     elif use_map:
-        ids, ids_small, _ = _predict_map(lightness, ctx)
+        ids, ids_small, _ = _predict_map(lightness, params, ctx)
     ctx.report(0.6, "Colorizing")
     result, _ = pipeline.colorize(image, colorizer, ids, lightness, ids_small)
     ctx.report(1.0, "Done")

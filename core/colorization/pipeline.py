@@ -3,6 +3,10 @@
 The networks see the photo at their training scale (about ``input_size``² pixels); chroma is predicted
 there, upsampled smoothly (bicubic) to the full size and joined with the full-resolution L computed in
 float CIELab (core.imaging.color), so a 24 MP scan keeps every detail of its luminance.
+
+Two segmenters predict the map, both from the gray photo, both giving SIFT Flow's class ids: the default
+decodes the frozen ImageNet backbone's features (``core/models/segmenter.py``, weights
+``segmenter-siftflow``); GridNet trained from scratch (``gridnet-siftflow``) is selectable by name.
 """
 
 from __future__ import annotations
@@ -17,11 +21,17 @@ from core.colorization.palette import class_colors
 from core.imaging.color import lab_to_rgb, rgb_to_lab
 from core.imaging.io import from_float, split_alpha, to_float
 from core.models.colorization_unet import AB_SCALE, L_SCALE, ColorizationUNet, ColorizerConfig
+from core.models.efficientnet_lite import load_pretrained
 from core.models.gridnet import GridNet, GridNetConfig
+from core.models.segmenter import PretrainedSegmenter, SegmenterConfig
 from core.protocol import bad_input
-from core.weights import Manifest
+from core.weights import Manifest, load_verified_state
 
 GRIDNET_WEIGHTS = "gridnet-siftflow"
+PRETRAINED_SEGMENTER_WEIGHTS = "segmenter-siftflow"
+# user-facing segmenter names (CLI --segmenter, action param "segmenter") → weight ids
+SEGMENTERS = {"pretrained": PRETRAINED_SEGMENTER_WEIGHTS, "gridnet": GRIDNET_WEIGHTS}
+DEFAULT_SEGMENTER = "pretrained"
 COLORIZER_WEIGHTS = "colorizer-siftflow"
 ROWS_PER_CHUNK = 512  # Lab conversions of large images in strips, to bound memory
 MAX_MAP_SIDE = 1024  # predicted class scores are interpolated up to this side before the argmax
@@ -29,7 +39,7 @@ MAX_MAP_SIDE = 1024  # predicted class scores are interpolated up to this side b
 
 @dataclass
 class Segmenter:
-    model: GridNet
+    model: GridNet | PretrainedSegmenter  # both: N×1×H×W L/50 − 1 → N×K×H×W class logits
     classes: tuple[str, ...]
     input_size: int
     device: torch.device
@@ -43,14 +53,21 @@ class Colorizer:
     device: torch.device
 
 
-def load_segmenter(device: torch.device, weight_id: str = GRIDNET_WEIGHTS,
+def load_segmenter(device: torch.device, weight_id: str = PRETRAINED_SEGMENTER_WEIGHTS,
                    manifest: Manifest | None = None) -> Segmenter:
+    """Either kind of segmenter, told apart by the manifest entry's model ("segmenter" or "gridnet")."""
     manifest = manifest or Manifest.load()
     entry = manifest.entry(weight_id)
     config = dict(entry.config)
     classes, size = tuple(config.pop("classes")), int(config.pop("input_size"))
-    model = GridNet(GridNetConfig.from_dict(config))
-    model.load_state_dict(manifest.load_state_dict(weight_id), strict=True)
+    if entry.model == "segmenter":
+        model = PretrainedSegmenter(SegmenterConfig.from_dict(config))
+        # the frozen backbone ships once (its own verified file); this weight file holds the decoder
+        model.backbone = load_pretrained(manifest)
+        load_verified_state(model.decoder, manifest, weight_id, "the segmenter's decoder")
+    else:
+        model = GridNet(GridNetConfig.from_dict(config))
+        model.load_state_dict(manifest.load_state_dict(weight_id), strict=True)
     return Segmenter(model.to(device).eval(), classes, size, device)
 
 
@@ -98,7 +115,7 @@ def _gray_tensor(lightness_small: np.ndarray, device: torch.device, channels: in
 @torch.no_grad()
 def segment(lightness: np.ndarray, segmenter: Segmenter) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution L → (class ids at full size H×W uint8, class ids at model size)."""
-    shape = model_shape(*lightness.shape, segmenter.input_size)
+    shape = model_shape(*lightness.shape, segmenter.input_size, segmenter.model.pad_multiple())
     small = _resize(lightness, shape, cv2.INTER_AREA)
     logits = segmenter.model(_gray_tensor(small, segmenter.device, 1))[0].float().cpu()
     logits = logits[1:]  # 'unlabeled' is not a prediction: ids are argmax + 1

@@ -17,7 +17,7 @@ from core.actions.adjust import STYLES, weight_id
 from core.actions.base import Arrays, JobContext, ModelCache
 from core.actions.harmonize import DEFAULT_METHOD, METHODS
 from core.actions.registry import find_action
-from core.colorization.pipeline import COLORIZER_WEIGHTS, GRIDNET_WEIGHTS
+from core.colorization.pipeline import COLORIZER_WEIGHTS, PRETRAINED_SEGMENTER_WEIGHTS
 from core.demo import scenes
 from core.demo.page import (
     CONTACT_SHEET_NAME,
@@ -147,8 +147,8 @@ def map_legend(ids: np.ndarray, colors: np.ndarray, min_share: float = 0.01) -> 
 
 def colorize_section(run_action: ActionRunner, size: int | None) -> Section:
     section = Section("Colorize...", "Ho et al., Semantic-Driven Colorization",
-                      "GridNet predicts a semantic map of the "
-                      "gray photo, then a two-stream U-Net colorizes it from its lightness and that map. "
+                      "A decoder on the ImageNet EfficientNet-Lite0 backbone predicts a semantic map of "
+                      "the gray photo, then a two-stream U-Net colorizes it from its lightness and that map. "
                       "(Colorize from Semantic Map... takes a map you paint instead.)")
     gray, original = scenes.gray_photo("rocket", size)
     section.panels.append(Panel("colorize-input.png", "input: a gray photo", gray))
@@ -158,7 +158,8 @@ def colorize_section(run_action: ActionRunner, size: int | None) -> Section:
         section.problems.append(exc.message)
         return section
     section.panels += [
-        Panel("colorize-map.png", f"predicted map (weights {GRIDNET_WEIGHTS})", outputs["map_rgb"],
+        Panel("colorize-map.png", f"predicted map (weights {PRETRAINED_SEGMENTER_WEIGHTS})",
+              outputs["map_rgb"],
               map_legend(outputs["map"], outputs["map_rgb"])),
         Panel("colorize-result.png", f"colorized (weights {COLORIZER_WEIGHTS})", outputs["image"]),
         Panel("colorize-original.png", "the original colors, for comparison", original),

@@ -116,7 +116,9 @@ def _ensure_rgb(image, pixels):
 
 
 def install_palette(gpl_text: str) -> None:
-    """Create (or refresh) the palette 'Semantic classes' from the daemon's .gpl text."""
+    """Create (or refresh) the palette 'Semantic classes' from the daemon's .gpl text: every class, named
+    '<id> <class>'. A palette left by other weights is replaced even when it has as many entries (a class
+    list of the same length with other classes would otherwise paint wrong ids)."""
     entries = []
     for line in gpl_text.splitlines()[4:]:
         rgb, _, label = line.partition("\t")
@@ -124,14 +126,22 @@ def install_palette(gpl_text: str) -> None:
         entries.append((label, f"#{r:02x}{g:02x}{b:02x}"))
     existing = Gimp.Palette.get_by_name(PALETTE_NAME)
     if existing is not None:
-        colors = existing.get_colors()
-        if len(colors) == len(entries):
+        # the entry names say everything: each class's color is a fixed function of its id
+        if palette_entry_names(existing) == [label for label, _ in entries]:
             return
         existing.delete()
     palette = Gimp.Palette.new(PALETTE_NAME)
     palette.set_columns(4)
     for label, hex_color in entries:
         palette.add_entry(label, Gegl.Color.new(hex_color))
+
+
+def palette_entry_names(palette) -> list[str]:
+    names = []
+    for index in range(len(palette.get_colors())):
+        name = palette.get_entry_name(index)
+        names.append(name[-1] if isinstance(name, tuple) else name)  # GIMP 3.0 returns (success, name)
+    return names
 
 
 PROCEDURES = {NAME: create, NAME_FROM_MAP: create_from_map}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from core.colorization.palette import class_colors
-from core.colorization.pipeline import COLORIZER_WEIGHTS, GRIDNET_WEIGHTS
+from core.colorization.pipeline import COLORIZER_WEIGHTS, PRETRAINED_SEGMENTER_WEIGHTS
 from core.imaging.color import rgb_to_lab
+from core.models.efficientnet_lite import WEIGHT_ID as BACKBONE_WEIGHTS
 from core.weights import Manifest
 from tests.e2e.harness import SKIP_REASON, Gimp, gimp_console_command, start_daemon, temp_root
 
@@ -56,7 +57,7 @@ def dump(name, drawable):
 @pytest.fixture(scope="module")
 def daemon():
     manifest = Manifest.load()
-    for weight_id in (GRIDNET_WEIGHTS, COLORIZER_WEIGHTS):
+    for weight_id in (PRETRAINED_SEGMENTER_WEIGHTS, BACKBONE_WEIGHTS, COLORIZER_WEIGHTS):
         if weight_id not in manifest.entries or manifest.status(weight_id).value != "ok":
             pytest.skip(f"weights '{weight_id}' are not in weights/")
     running = start_daemon(temp_root("semantic-e2e-state-") / "state", "--idle-exit", "0")
@@ -67,24 +68,40 @@ def daemon():
 def test_colorize_then_recolorize_from_edited_map(daemon):
     classes = Manifest.load().entry(COLORIZER_WEIGHTS).config["classes"]
     tree = class_colors(len(classes))[classes.index("tree")]
+    person = class_colors(len(classes))[classes.index("person")]
     gimp = Gimp(GIMP, temp_root("semantic-e2e-"), daemon.state_dir)
-    script = BUILD_GRAY_IMAGE + DUMP + """
+    script = BUILD_GRAY_IMAGE + DUMP + f"""
+# a palette of the same name and length left by other weights, with other classes: must be replaced
+old = Gimp.Palette.get_by_name("Semantic classes")
+if old is not None:
+    old.delete()
+stale = Gimp.Palette.new("Semantic classes")
+for i in range({len(classes)}):
+    stale.add_entry(f"{{i}} stale", Gegl.Color.new("#010203"))
+""" + """
+def entry_names(palette):
+    names = [palette.get_entry_name(i) for i in range(len(palette.get_colors()))]
+    return [n[-1] if isinstance(n, tuple) else n for n in names]
+
 n_before = len(image.get_layers())
 """ + call("plug-in-semantic-colorize", "layer", 'cfg.set_property("add-map-layer", True)') + """
 first = {"status": int(status), "ok": status == Gimp.PDBStatusType.SUCCESS, "message": message,
          "rgb": image.get_base_type() == Gimp.ImageBaseType.RGB, "layers": [l.get_name() for l in image.get_layers()]}
 palette = Gimp.Palette.get_by_name("Semantic classes")
-first["palette"] = len(palette.get_colors()) if palette is not None else 0
+first["palette"] = entry_names(palette) if palette is not None else []
+first["palette_colors"] = [c.get_rgba() for c in palette.get_colors()] if palette is not None else []
 colorized = image.get_layers()[0]
 map_layer = [l for l in image.get_layers() if l.get_name() == "Semantic map"][0]
 dump("source", layer)
 dump("colorized", colorized)
 dump("map", map_layer)
 """ + f"""
-# repaint the lower-left block of the map as 'tree' with the exact palette color
+# repaint the lower-left block of the map as 'tree' and the upper-left one as 'person' (exact palette colors)
 block = bytes(({tree[0]}, {tree[1]}, {tree[2]}, 255)) * (48 * 40)
 mbuf = map_layer.get_buffer()
 mbuf.set(Gegl.Rectangle.new(0, {H - 40}, 48, 40), "R'G'B'A u8", block)
+person_block = bytes(({person[0]}, {person[1]}, {person[2]}, 255)) * (40 * 32)
+mbuf.set(Gegl.Rectangle.new(0, 0, 40, 32), "R'G'B'A u8", person_block)
 mbuf.flush()
 """ + call("plug-in-semantic-colorize-from-map", "layer", 'cfg.set_property("map-layer", map_layer)') + """
 second = {"ok": status == Gimp.PDBStatusType.SUCCESS, "message": message, "top": image.get_layers()[0].get_name()}
@@ -107,7 +124,9 @@ save_result({"n_before": n_before, "first": first, "second": second, "third": th
     assert r["first"]["rgb"], "a grayscale image must be converted to RGB"
     assert len(r["first"]["layers"]) == r["n_before"] + 2
     assert "Semantic map" in r["first"]["layers"] and r["first"]["layers"][0] == "photo colorized"
-    assert r["first"]["palette"] == len(classes)
+    assert r["first"]["palette"] == [f"{i} {name}" for i, name in enumerate(classes)], "every class, in id order"
+    assert "18 person" in r["first"]["palette"]
+    assert len({tuple(c) for c in r["first"]["palette_colors"]}) == len(classes), "one distinct color per class"
     stem = str(next(gimp.root.glob("result-*.json.colorized")))[: -len(".colorized")]
 
     def read(name):
@@ -125,6 +144,10 @@ save_result({"n_before": n_before, "first": first, "second": second, "third": th
     assert "colorized from Semantic map" in r["second"]["top"]
     delta = np.linalg.norm(lab_re[..., 1:] - lab_col[..., 1:], axis=2)
     assert delta[H - 32:, :40].mean() > 2.0 and delta[H - 32:, :40].mean() > 2 * delta[:24, 88:].mean()
+    # the person block is read as person: colored unlike the tree block of the same gray image
+    lab_person = rgb_to_lab(recolorized[4:28, 4:36, :3].astype(np.float32) / 255)[..., 1:].mean((0, 1))
+    lab_tree = rgb_to_lab(recolorized[H - 32:, 4:40, :3].astype(np.float32) / 255)[..., 1:].mean((0, 1))
+    assert delta[4:28, 4:36].mean() > 2.0 and np.linalg.norm(lab_person - lab_tree) > 3.0
     assert not r["third"]["ok"] and r["third"]["added"] == 0
     assert "x 100–102, y 10–11" in r["third"]["message"], r["third"]["message"]
     assert r["fourth"]["ok"], r["fourth"]["message"]

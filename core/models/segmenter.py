@@ -1,0 +1,135 @@
+"""Semantic segmentation of a gray photo on the shared pretrained backbone (the default segmenter).
+
+GridNet trained from scratch on 2 000 SIFT Flow photos (``core/models/gridnet.py``) has to learn what a
+person, a car or a tree looks like from those photos alone; here the ImageNet EfficientNet-Lite0
+(``core/models/efficientnet_lite.py``) already knows, and only a light decoder is trained:
+
+* input: the gray photo as the colorization pipeline has it (CIELab L, scaled like GridNet's input to
+  [-1, 1]), turned back into the sRGB gray it came from and replicated to three channels — the backbone
+  was trained on display RGB, and a gray photo is the RGB photo whose a, b are zero;
+* backbone (frozen, ImageNet BatchNorm statistics): feature maps at strides 8, 16 and 32;
+* decoder (``FPNDecoder``, the trained part): FPN-style top-down fusion (Lin et al., CVPR 2017) — a 1×1
+  projection of each tap to ``width`` channels, the stride-32 map plus an image-level context vector
+  (global average pool, as DeepLab v3's image pooling: a scene's class mix depends on the whole photo),
+  upsampled and added into stride 16 and then 8, a 3×3 refinement at 16 and at 8, and a 1×1 classifier
+  at stride 8; class scores are upsampled bilinearly to the input size.
+
+The frozen backbone ships once (``weights/efficientnet-lite0-imagenet``); a weights file of this model
+holds the decoder only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.imaging.color import lab_to_rgb_torch
+from core.models.efficientnet_lite import EfficientNetLite0
+
+TAP_WIDTHS = {"stride8": 40, "stride16": 112, "stride32": 320}
+TAPS = ("stride8", "stride16", "stride32")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    num_classes: int = 34  # SIFT Flow: 33 classes + unlabeled (id 0); set from classes.txt
+    width: int = 96  # decoder channels
+    dropout: float = 0.1  # before the classifier
+    # inference only: class scores averaged over the photo and its mirror image, and over input scales
+    test_flip: bool = False
+    test_scales: tuple[float, ...] = (1.0,)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["test_scales"] = list(self.test_scales)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SegmenterConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "test_scales" in known:
+            known["test_scales"] = tuple(float(s) for s in known["test_scales"])
+        return cls(**known)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class FPNDecoder(nn.Module):
+    """Backbone features at strides 8/16/32 → class scores at stride 8."""
+
+    def __init__(self, config: SegmenterConfig):
+        super().__init__()
+        w = config.width
+        self.lateral = nn.ModuleDict({tap: _conv_bn_relu(TAP_WIDTHS[tap], w, 1) for tap in TAPS})
+        self.context = nn.Sequential(nn.Linear(TAP_WIDTHS["stride32"], w), nn.ReLU(inplace=True))
+        self.refine16 = _conv_bn_relu(w, w, 3)
+        self.refine8 = _conv_bn_relu(w, w, 3)
+        self.dropout = nn.Dropout2d(config.dropout)
+        self.classifier = nn.Conv2d(w, config.num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        s8, s16, s32 = (features[tap] for tap in TAPS)
+        top = self.lateral["stride32"](s32) + self.context(s32.mean(dim=(2, 3)))[..., None, None]
+        mid = self.refine16(self.lateral["stride16"](s16) + _upsample(top, s16.shape[-2:]))
+        fine = self.refine8(self.lateral["stride8"](s8) + _upsample(mid, s8.shape[-2:]))
+        return self.classifier(self.dropout(fine))
+
+
+def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    # to an exact size: TensorFlow "same" padding makes odd inputs round up at every stride
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def gray_to_rgb(gray: torch.Tensor) -> torch.Tensor:
+    """N×1×H×W CIELab L as L / 50 − 1 (GridNet's input) → N×3×H×W sRGB gray in [0, 1]."""
+    lightness = (gray + 1) * 50
+    lab = torch.cat([lightness, torch.zeros_like(lightness), torch.zeros_like(lightness)], dim=1)
+    return lab_to_rgb_torch(lab).clamp(0, 1)
+
+
+class PretrainedSegmenter(nn.Module):
+    def __init__(self, config: SegmenterConfig = SegmenterConfig()):
+        super().__init__()
+        self.config = config
+        self.backbone = EfficientNetLite0()
+        self.backbone.requires_grad_(False)
+        self.decoder = FPNDecoder(config)
+
+    def train(self, mode: bool = True) -> PretrainedSegmenter:
+        super().train(mode)
+        self.backbone.eval()  # frozen: ImageNet's BatchNorm statistics stay
+        return self
+
+    @torch.no_grad()
+    def features(self, gray: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the decoder reads (and what training caches once, the backbone being frozen)."""
+        return self.backbone.features(gray_to_rgb(gray), TAPS)
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        """gray: N×1×H×W in [-1, 1] (any size) → class logits N×K×H×W, like GridNet's.
+
+        With ``test_flip`` / ``test_scales`` the logits are the mean over the mirrored photo and the
+        rescaled ones (the backbone's padding and strides are not mirror-symmetric, nor scale-free, so
+        each view errs differently)."""
+        size = gray.shape[-2:]
+        total, count = None, 0
+        for scale in self.config.test_scales:
+            scaled = gray if scale == 1 else F.interpolate(gray, scale_factor=scale, mode="bilinear",
+                                                           align_corners=False)
+            for mirrored in ((False, True) if self.config.test_flip else (False,)):
+                view = scaled.flip(-1) if mirrored else scaled
+                logits = self.decoder(self.features(view))
+                logits = _upsample(logits.flip(-1) if mirrored else logits, size)
+                total = logits if total is None else total + logits
+                count += 1
+        return total / count
+
+    @staticmethod
+    def pad_multiple() -> int:
+        return 32  # the coarsest tap

@@ -1,0 +1,464 @@
+"""Train the pretrained-backbone segmenter (core/models/segmenter.py) on gray photos; one command, resumable.
+
+    python -m core.training.segmenter --data ../shared/datasets --out runs/segmenter [--resume]
+    python -m core.training.segmenter --data ../shared/datasets --out runs/segmenter \
+        --export segmenter-siftflow
+
+The backbone is frozen, so the features of every training view (SIFT Flow photos and their mirror images,
+people photos; ``core/data/segmentation.py``) are computed once, on the *gray* photo, and stored in
+``--out``/cache in chunks (an interrupted run continues from the last chunk); the decoder then trains on
+that cache. The loss is class-balanced cross-entropy over the 33 labelled classes (unlabeled pixels
+carry none) plus, on the pixels of Clothing Co-Parsing photos outside the person, −log(1 − p(person)).
+Every ``--eval-every`` steps the 'select' split is scored (SIFT Flow mIoU, person IoU on people photos);
+``best.pt`` keeps the best, ``last.pt`` the latest. ``--export`` writes the best decoder as fp16 weights,
+registers it, scores it and GridNet (the from-scratch segmenter) on the 'heldout' split through the
+full-resolution pipeline, and writes the model card with those numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.data import segmentation
+from core.data.siftflow import read_classes
+from core.models.efficientnet_lite import load_pretrained
+from core.models.segmenter import TAPS, PretrainedSegmenter, SegmenterConfig
+from core.training.gridnet import class_weights, confusion, gray_input, scores
+from core.weights import Manifest, bundled_weights_dir, register_weights, save_tensors
+
+PHOTOS_PER_CHUNK = 100
+SELECT_PEOPLE_WEIGHT = 0.5  # checkpoint score: SIFT Flow mIoU + this × person IoU on people photos
+
+
+@dataclass
+class FeatureCache:
+    features: dict[str, torch.Tensor]  # tap → N×C×h×w float16
+    labels: torch.Tensor  # N×S×S uint8 (class ids, UNLABELED, NOT_PERSON of core.data.segmentation)
+    people: torch.Tensor  # N bool: the view comes from a people photo
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def cache_split(model: PretrainedSegmenter, photos: list[segmentation.LabelledPhoto], directory: Path,
+                name: str, person_id: int, side: int, label_side: int, both_views: bool,
+                log=print) -> FeatureCache:
+    """Backbone features of the gray views of ``photos``, computed once in chunks and read back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chunks = []
+    for start in range(0, len(photos), PHOTOS_PER_CHUNK):
+        path = directory / f"{name}_{side}_{start:06d}.npz"
+        chunks.append(path)
+        if path.exists():
+            continue
+        views, people = [], []
+        for photo in photos[start:start + PHOTOS_PER_CHUNK]:
+            rgb, labels = segmentation.photo_labels(photo, person_id)
+            # people photos are one view each: CCP's 1 000 look alike, SIFT Flow's scenes are the variety
+            both = both_views and not photo.is_people
+            for view in segmentation.square_views(rgb, labels, side, label_side, both):
+                views.append(view)
+                people.append(photo.is_people)
+        out = {tap: [] for tap in TAPS}
+        for b in range(0, len(views), 16):
+            gray = gray_input(np.stack([v[0] for v in views[b:b + 16]]))
+            for tap, value in model.features(gray).items():
+                out[tap].append(value.half().numpy())
+        tmp = path.with_suffix(".part.npz")
+        np.savez(tmp, labels=np.stack([v[1] for v in views]), people=np.array(people),
+                 **{tap: np.concatenate(v) for tap, v in out.items()})
+        tmp.replace(path)
+        done = min(len(photos), start + PHOTOS_PER_CHUNK)
+        log(json.dumps({"cached": name, "photos": done, "of": len(photos)}))
+    loaded = [np.load(p) for p in chunks]
+    return FeatureCache({tap: torch.from_numpy(np.concatenate([c[tap] for c in loaded])) for tap in TAPS},
+                        torch.from_numpy(np.concatenate([c["labels"] for c in loaded])),
+                        torch.from_numpy(np.concatenate([c["people"] for c in loaded])))
+
+
+def batch_features(cache: FeatureCache, idx) -> dict[str, torch.Tensor]:
+    return {tap: cache.features[tap][idx].float() for tap in TAPS}
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, person_id: int,
+                      not_person_weight: float) -> torch.Tensor:
+    """Class-weighted cross-entropy over the labelled classes + −log(1 − p(person)) on NOT_PERSON pixels.
+
+    logits N×K×S×S (class 0 'unlabeled' is never predicted, so the softmax is over classes 1…K−1),
+    labels N×S×S uint8. The sum is divided by the total weight of the supervised pixels.
+    """
+    scored = logits[:, 1:]
+    target = labels.long() - 1
+    known = (labels != segmentation.UNLABELED) & (labels != segmentation.NOT_PERSON)
+    target = torch.where(known, target, torch.zeros_like(target))
+    ce = F.cross_entropy(scored, target, reduction="none")
+    class_weight = weights[labels.long().clamp_max(len(weights) - 1)]
+    pixel_weight = torch.where(known, class_weight, torch.zeros_like(ce))
+    total = (ce * pixel_weight).sum()
+    norm = pixel_weight.sum()
+    not_person = labels == segmentation.NOT_PERSON
+    if not_person_weight > 0 and bool(not_person.any()):
+        others = torch.cat([scored[:, :person_id - 1], scored[:, person_id:]], dim=1)
+        # −log(1 − p) = logsumexp(all classes) − logsumexp(all but person), stable for any logits
+        penalty = torch.logsumexp(scored, 1) - torch.logsumexp(others, 1)
+        total = total + not_person_weight * penalty[not_person].sum()
+        norm = norm + not_person_weight * not_person.sum()
+    return total / norm.clamp_min(1.0)
+
+
+def predict(decoder, cache: FeatureCache, idx, label_side: int) -> torch.Tensor:
+    logits = decoder(batch_features(cache, idx))
+    return F.interpolate(logits, size=(label_side, label_side), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def evaluate(decoder, cache: FeatureCache, classes: int, person_id: int, batch: int = 64) -> dict:
+    """SIFT Flow pixel accuracy / mIoU (labelled pixels) and person IoU on the people views."""
+    decoder.eval()
+    matrix = np.zeros((classes, classes), np.int64)
+    inter = union = 0
+    side = cache.labels.shape[-1]
+    for start in range(0, len(cache), batch):
+        idx = slice(start, start + batch)
+        pred = (predict(decoder, cache, idx, side)[:, 1:].argmax(1) + 1).numpy()
+        labels, people = cache.labels[idx].numpy(), cache.people[idx].numpy()
+        scene = ~people
+        matrix += confusion(pred[scene].reshape(-1), labels[scene].reshape(-1), classes)
+        inter += int(((pred[people] == person_id) & (labels[people] == person_id)).sum())
+        union += int(((pred[people] == person_id) | (labels[people] == person_id)).sum())
+    decoder.train()
+    return {**scores(matrix), "people_person_iou": inter / max(union, 1)}
+
+
+def cosine_lr(base: float, step: int, total: int, warmup: int = 50) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    classes = read_classes(args.data / "siftflow" / "classes.txt")
+    person_id = classes.names.index("person")
+    config = SegmenterConfig(num_classes=classes.count, width=args.width, dropout=args.dropout)
+    model = PretrainedSegmenter(config)
+    model.backbone.load_state_dict(load_pretrained(Manifest.load()).state_dict())
+    model.train()
+    log = open(args.out / "log.jsonl", "a")
+
+    def note(text: str) -> None:
+        print(text, flush=True)
+        log.write(text + "\n")
+        log.flush()
+
+    started = time.perf_counter()
+    cache_dir = args.out / "cache"
+    train_cache = cache_split(model, segmentation.list_photos(args.data, "train"), cache_dir, "train",
+                              person_id, args.side, args.label_side, True, note)
+    if args.no_people:  # the ablation reads the same cache
+        keep = ~train_cache.people
+        train_cache = FeatureCache({tap: f[keep] for tap, f in train_cache.features.items()},
+                                   train_cache.labels[keep], train_cache.people[keep])
+    select_cache = cache_split(model, segmentation.list_photos(args.data, "select"), cache_dir, "select",
+                               person_id, args.side, args.label_side, False, note)
+    note(json.dumps({"train_views": len(train_cache), "select_views": len(select_cache),
+                     "cache_seconds": round(time.perf_counter() - started)}))
+    labelled = train_cache.labels[train_cache.labels != segmentation.NOT_PERSON].numpy()
+    weights = class_weights(labelled, classes.count, args.class_balance)
+    decoder = model.decoder
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    step, best, elapsed = 0, -1.0, 0.0
+    last = args.out / "last.pt"
+    if args.resume and last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        decoder.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best, elapsed = state["step"], state["best"], state["elapsed_s"]
+        note(json.dumps({"resumed_at": step}))
+    generator = torch.Generator().manual_seed(args.seed + step)
+    run_started, running = time.perf_counter(), []
+    while step < args.steps and time.perf_counter() - run_started < args.minutes * 60:
+        t0 = time.perf_counter()
+        idx = torch.randint(0, len(train_cache), (args.batch,), generator=generator)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(args.lr, step, args.steps)
+        logits = predict(decoder, train_cache, idx, args.label_side)
+        loss = segmentation_loss(logits, train_cache.labels[idx], weights, person_id, args.not_person_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        elapsed += time.perf_counter() - t0
+        running.append(loss.item())
+        if step % args.eval_every == 0 or step == args.steps:
+            metrics = evaluate(decoder, select_cache, classes.count, person_id)
+            loss_mean = round(float(np.mean(running)), 4)
+            note(json.dumps({"step": step, "loss": loss_mean, "train_s": round(elapsed),
+                             **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}}))
+            running = []
+            score = metrics["mean_iou"] + SELECT_PEOPLE_WEIGHT * metrics["people_person_iou"]
+            state = {"decoder": decoder.state_dict(), "step": step, "elapsed_s": elapsed, "metrics": metrics,
+                     "config": config.to_dict(), "classes": list(classes.names), "args": _plain(vars(args)),
+                     "train_views": len(train_cache), "select_views": len(select_cache),
+                     "class_weights": weights.tolist()}
+            if score > best:
+                best = score
+                torch.save(state, args.out / "best.pt")
+            torch.save({**state, "optimizer": optimizer.state_dict(), "best": best}, last)
+    if step >= args.steps and args.prior_adjustment:
+        adjust_for_prior(args.out, train_cache, select_cache, classes.count, person_id,
+                         tuple(args.prior_adjustment), note)
+
+
+def adjust_for_prior(out: Path, train_cache: FeatureCache, select_cache: FeatureCache, classes: int,
+                     person_id: int, strengths: tuple[float, ...], note=print) -> None:
+    """Post-hoc logit adjustment of best.pt (Menon et al., ICLR 2021): class scores minus τ·log(class
+    prior in training), τ picked on the select split and folded into the classifier's bias.
+
+    Cross-entropy learns the training prior (here frequency × class weight), and how much of it the argmax
+    should keep is a trade between frequent classes (sky, building) and rare ones (sign, pole) that mean
+    IoU scores; τ = 0 keeps the network as trained, τ > 0 favours rare classes, τ < 0 frequent ones (on
+    SIFT Flow τ < 0 won: the class-balanced loss had over-corrected). Done once after the last step;
+    best.pt records the τ and the select scores of every τ tried.
+    """
+    state = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    if "prior_adjustment" in state:
+        return
+    labels = train_cache.labels.reshape(-1).long()
+    counts = torch.bincount(labels[labels < classes], minlength=classes).double()
+    counts[0] = 0
+    # the prior the weighted loss taught: class frequency × class weight; unseen classes get no boost
+    effective = counts * torch.tensor(state["class_weights"], dtype=torch.float64)
+    log_prior = torch.where(counts > 0, torch.log((effective / effective.sum()).clamp_min(1e-12)),
+                            torch.zeros_like(effective)).float()
+    config = SegmenterConfig.from_dict(state["config"])
+    decoder = PretrainedSegmenter(config).decoder
+    trained_bias = state["decoder"]["classifier.bias"].clone()
+    results = {}
+    for tau in strengths:
+        state["decoder"]["classifier.bias"] = trained_bias - tau * log_prior
+        decoder.load_state_dict(state["decoder"])
+        results[tau] = evaluate(decoder, select_cache, classes, person_id)
+        note(json.dumps({"prior_adjustment": tau, **results[tau]}))
+    tau = max(strengths, key=lambda t: results[t]["mean_iou"] + SELECT_PEOPLE_WEIGHT * results[t][
+        "people_person_iou"])
+    state["decoder"]["classifier.bias"] = trained_bias - tau * log_prior
+    state["metrics"] = results[tau]
+    state["prior_adjustment"] = {"tau": tau, "select": {str(t): r for t, r in results.items()}}
+    torch.save(state, out / "best.pt")
+
+
+def _plain(values: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+def export(args: argparse.Namespace) -> Path:
+    """best.pt's decoder → fp16 weights + manifest entry; held-out report; model card."""
+    state = torch.load(args.out / "best.pt", map_location="cpu", weights_only=False)
+    directory = bundled_weights_dir()
+    meta = {"step": str(state["step"]), "select_metrics": json.dumps(state["metrics"])}
+    path = save_decoder(state["decoder"], SegmenterConfig.from_dict(state["config"]), state["classes"],
+                        state["args"]["side"], args.export, directory, meta)
+    print(json.dumps({"exported": str(path), "bytes": path.stat().st_size, "step": state["step"]}),
+          flush=True)
+    from core.colorization import pipeline
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    report = heldout_report(args.data, {
+        args.export: pipeline.load_segmenter(device, args.export),
+        pipeline.GRIDNET_WEIGHTS: pipeline.load_segmenter(device, pipeline.GRIDNET_WEIGHTS)})
+    (args.out / "heldout.json").write_text(json.dumps(report, indent=2) + "\n")
+    (directory / f"{args.export}.md").write_text(model_card(args.export, state, path, report))
+    print(json.dumps({k: v["siftflow"]["mean_iou"] for k, v in report["segmenters"].items()}), flush=True)
+    return path
+
+
+def save_decoder(decoder_state: dict[str, torch.Tensor], config: SegmenterConfig, classes: list[str],
+                 input_size: int, weight_id: str, directory: Path,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """The decoder as fp16 ``<directory>/<weight_id>.safetensors``, registered in that manifest (the frozen
+    backbone is not repeated: it ships once as efficientnet-lite0-imagenet)."""
+    path = Path(directory) / f"{weight_id}.safetensors"
+    tensors = {k: v for k, v in decoder_state.items() if not k.endswith("num_batches_tracked")}
+    save_tensors(path, tensors, half=True, metadata={"model": "segmenter", **(metadata or {})})
+    register_weights(path, weight_id, "segmenter", dict(config.to_dict(), classes=list(classes),
+                                                        input_size=input_size),
+                     card=f"{weight_id}.md", directory=directory)
+    return path
+
+
+def per_class_iou(matrix: np.ndarray, names: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """IoU of each labelled class present in the ground truth of a confusion matrix (rows: truth)."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    return {names[c]: round(float(tp[c] / union[c]), 4) for c in range(1, len(names)) if matrix[c].sum()}
+
+
+def heldout_report(data_root: str | Path, segmenters: dict, limit: int = 0, split: str = "heldout") -> dict:
+    """Each segmenter through the full-resolution pipeline on the 'heldout' photos (or another split):
+    SIFT Flow pixel accuracy, mIoU and per-class IoU; person IoU on the people photos of the split."""
+    from core.colorization import pipeline
+
+    photos = segmentation.list_photos(data_root, split)
+    scene = [p for p in photos if not p.is_people][:limit or None]
+    people = [p for p in photos if p.is_people][:limit or None]
+    result = {"split": f"{split} (10% of each source by file-name hash; the SIFT Flow test split is not in "
+                       "../shared/datasets)", "siftflow_images": len(scene), "people_images": len(people),
+              "segmenters": {}}
+    for name, segmenter in segmenters.items():
+        names = segmenter.classes
+        person_id = names.index("person")
+        matrix = np.zeros((len(names), len(names)), np.int64)
+        started = time.perf_counter()
+        for photo in scene:
+            rgb, labels = segmentation.photo_labels(photo, person_id)
+            ids, _ = pipeline.segment(pipeline.image_lightness(rgb)[0], segmenter)
+            matrix += confusion(ids.reshape(-1), labels.reshape(-1), len(names))
+        seconds = time.perf_counter() - started
+        per_class = per_class_iou(matrix, names)
+        inter = total = 0
+        for photo in people:
+            rgb, labels = segmentation.photo_labels(photo, person_id)
+            ids, _ = pipeline.segment(pipeline.image_lightness(rgb)[0], segmenter)
+            inter += int(((ids == person_id) & (labels == person_id)).sum())
+            total += int(((ids == person_id) | (labels == person_id)).sum())
+        result["segmenters"][name] = {
+            "siftflow": {**{k: round(v, 4) if isinstance(v, float) else v for k, v in scores(matrix).items()},
+                         "per_class_iou": per_class,
+                         "seconds_per_image": round(seconds / max(1, len(scene)), 3)},
+            "people_person_iou": round(inter / max(total, 1), 4)}
+    return result
+
+
+def model_card(weight_id: str, state: dict, path: Path, report: dict) -> str:
+    args, ours = state["args"], report["segmenters"][weight_id]
+    others = {k: v for k, v in report["segmenters"].items() if k != weight_id}
+    rows = ["| class | " + " | ".join([weight_id, *others]) + " |", "|---|" + "---|" * (1 + len(others))]
+    for name in ours["siftflow"]["per_class_iou"]:
+        values = [ours["siftflow"]["per_class_iou"][name]] + [o["siftflow"]["per_class_iou"].get(name, 0.0)
+                                                               for o in others.values()]
+        rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    summary = ["| segmenter | pixel accuracy | mIoU | person IoU (SIFT Flow) | person IoU (people photos) | "
+               "s / 256² image |", "|---|---|---|---|---|---|"]
+    for name, r in report["segmenters"].items():
+        s = r["siftflow"]
+        summary.append(f"| {name} | {s['pixel_accuracy']:.3f} | {s['mean_iou']:.3f} | "
+                       f"{s['per_class_iou'].get('person', 0.0):.3f} | {r['people_person_iou']:.3f} | "
+                       f"{s['seconds_per_image']:.2f} |")
+    tried = state.get("prior_adjustment", {"tau": 0.0, "select": {}})
+    adjustment = f"τ = {tried['tau']}" + "".join(
+        f"; τ {t}: mIoU {r['mean_iou']:.3f}, pixel acc. {r['pixel_accuracy']:.3f}"
+        for t, r in tried["select"].items())
+    command = (f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
+               f"--steps {args['steps']} --batch {args['batch']} --lr {args['lr']} --width {args['width']} "
+               f"--class-balance "
+               f"{args['class_balance']} --not-person-weight {args['not_person_weight']} "
+               f"--threads {args['threads']}"
+               f" [--resume]\npython -m core.training.segmenter --data {args['data']} --out {args['out']} "
+               f"--export {weight_id}")
+    return f"""# {weight_id}
+
+Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `segmenter`): the frozen
+ImageNet EfficientNet-Lite0 (`efficientnet-lite0-imagenet`, shipped once, loaded beside this file) on the
+gray photo replicated to RGB, and a trained FPN-style decoder (strides 8/16/32 + image-level context →
+class scores at stride 8, bilinear to the input size). This file holds the decoder only:
+{path.stat().st_size / 1e6:.2f} MB fp16, config `{json.dumps(state['config'])}`, input about
+{args['side']}² pixels (aspect kept). The default segmenter of `segment` and of colorization's predicted
+map; GridNet from scratch (`gridnet-siftflow`) stays selectable (`--segmenter gridnet`).
+
+## Data and terms
+- SIFT Flow (Liu, Yuen, Torralba, CVPR 2009; LabelMe images; research use): 256² outdoor photos, 33 classes.
+- People (person class only): Clothing Co-Parsing (`people/ccp`, Yang, Luo, Lin, CVPR 2014; Apache-2.0
+  repository, street-fashion web photos, research use) — its pixels outside the person are taught *not
+  person*; COCO train2017 photos with people (`people/coco128-seg`; annotations CC BY 4.0, images under
+  their Flickr licences) — pixels outside the coarse polygons carry no label.
+- The ImageNet backbone's terms (`efficientnet-lite0-imagenet.md`). These weights inherit all of them:
+  research use.
+
+Splits by a hash of each file name: 10 % **heldout** (reported below; SIFT Flow's are the 243 images the
+colorization bench calls validation; the standard 200-image SIFT Flow test split is not in
+`../shared/datasets`), 10 % **select** (picks the checkpoint), 80 % train. Training views: every train
+photo in gray, SIFT Flow's also mirrored; people photos once (the top square of a portrait):
+{state['train_views']} views; select {state['select_views']} views.
+
+## Recipe
+```
+{command}
+```
+Backbone features of every view cached once; the decoder trains on the cache: AdamW lr {args['lr']}
+(cosine), weight decay {args['weight_decay']}, batch {args['batch']}, {args['steps']} steps, loss at
+{args['label_side']}², cross-entropy weighted by (median / class frequency)^{args['class_balance']}
+clipped to [0.1, 10], plus −log(1 − p(person)) on Clothing Co-Parsing's non-person pixels (weight
+{args['not_person_weight']}). Best select score (SIFT Flow mIoU + {SELECT_PEOPLE_WEIGHT} × people person IoU)
+at step {state['step']}; then the logit adjustment (class scores − τ·log training prior, folded into the
+classifier's bias) with τ picked on select: {adjustment}.
+Select scores of the exported decoder: `{json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                    for k, v in state['metrics'].items()})}`.
+Decoder training time {state['elapsed_s'] / 60:.1f} min (step time, after the feature cache) on
+{platform.machine()} CPU shared with other work, {args['threads']} thread(s), no GPU.
+
+## Held-out metrics (full-resolution pipeline, `pipeline.segment`, unlabeled pixels not scored)
+{report['siftflow_images']} SIFT Flow photos at 256², {report['people_images']} people photos (person IoU
+against their masks, every pixel scored).
+
+{chr(10).join(summary)}
+
+Per-class IoU on the held-out SIFT Flow photos (classes present there):
+
+{chr(10).join(rows)}
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/datasets"),
+                   help="folder holding siftflow/, people/ccp and people/coco128-seg")
+    p.add_argument("--out", type=Path, default=Path("runs/segmenter"))
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--side", type=int, default=256, help="views are side² (the model's input size)")
+    p.add_argument("--label-side", type=int, default=128, help="the loss is computed at this size")
+    p.add_argument("--width", type=int, default=96, help="decoder channels")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--minutes", type=float, default=1e9, help="stop this run after so many minutes")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--class-balance", type=float, default=0.5,
+                   help="loss weight power on median/class frequency (0 = plain cross-entropy)")
+    p.add_argument("--not-person-weight", type=float, default=1.0)
+    p.add_argument("--no-people", action="store_true", help="ablation: SIFT Flow only")
+    p.add_argument("--prior-adjustment", type=float, nargs="*", default=[-1.0, -0.75, -0.5, -0.25, 0.0, 0.5],
+                   help="logit-adjustment strengths τ tried on the select split after training (none: skip)")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", metavar="WEIGHT_ID",
+                   help="export best.pt into weights/, score it on the heldout split, write the card")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.export:
+        export(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The pretrained-backbone segmenter: decoder shapes, the gray input, the loss (person / not-person), a
+training step, weights written and read back through the pipeline, corrupt files named, the data splits."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from core.colorization import pipeline
+from core.data.segmentation import NOT_PERSON, list_photos, photo_labels, split_of, square_views
+from core.data.siftflow import is_validation
+from core.imaging.color import rgb_to_lab_torch
+from core.models.efficientnet_lite import WEIGHT_ID as BACKBONE_ID
+from core.models.efficientnet_lite import EfficientNetLite0, load_pretrained
+from core.models.segmenter import FPNDecoder, PretrainedSegmenter, SegmenterConfig, gray_to_rgb
+from core.protocol import ErrorCode, SemanticError
+from core.training import segmenter as training
+from core.weights import Manifest, register_weights, save_tensors
+
+CLASSES = ["unlabeled", "sky", "person", "tree", "road"]
+PERSON = CLASSES.index("person")
+TINY = SegmenterConfig(num_classes=len(CLASSES), width=8, dropout=0.0)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def register_backbone(directory) -> None:
+    """A randomly initialized backbone registered under the shared backbone's id (the real one is 9 MB and
+    these tests check plumbing, not ImageNet features)."""
+    torch.manual_seed(1)
+    state = {k: v for k, v in EfficientNetLite0().state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    path = directory / f"{BACKBONE_ID}.safetensors"
+    save_tensors(path, state)
+    register_weights(path, BACKBONE_ID, "efficientnet_lite0", {}, directory=directory)
+
+
+def register_tiny_segmenter(directory, weight_id: str = pipeline.PRETRAINED_SEGMENTER_WEIGHTS,
+                            classes=CLASSES, input_size: int = 64, seed: int = 0) -> PretrainedSegmenter:
+    """Backbone + a tiny decoder in ``directory``; returns the model with the weights as stored (fp16)."""
+    if not (directory / f"{BACKBONE_ID}.safetensors").exists():
+        register_backbone(directory)
+    torch.manual_seed(seed)
+    config = SegmenterConfig(num_classes=len(classes), width=8, dropout=0.0)
+    model = PretrainedSegmenter(config)
+    model.backbone = load_pretrained(Manifest.load(directory))
+    with torch.no_grad():
+        for value in model.decoder.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())  # what the fp16 file will give back
+    training.save_decoder(model.decoder.state_dict(), config, list(classes), input_size, weight_id, directory)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("weights")
+    model = register_tiny_segmenter(directory)
+    return directory, model
+
+
+def test_decoder_predicts_at_stride_8_and_the_model_at_the_input_size():
+    model = PretrainedSegmenter(TINY).eval()
+    gray = torch.rand(2, 1, 72, 100) * 2 - 1  # not multiples of 32: "same" padding rounds up
+    features = model.features(gray)
+    assert features["stride8"].shape[-2:] == (9, 13) and features["stride32"].shape[-2:] == (3, 4)
+    assert model.decoder(features).shape == (2, len(CLASSES), 9, 13)
+    assert model(gray).shape == (2, len(CLASSES), 72, 100)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    model.train()
+    assert not model.backbone.training and model.decoder.training  # ImageNet BN statistics stay
+
+
+def test_gray_input_is_the_srgb_gray_of_that_lightness():
+    lightness = torch.linspace(0, 100, 11).reshape(1, 1, 1, 11)
+    rgb = gray_to_rgb(lightness / 50 - 1)
+    assert rgb.shape == (1, 3, 1, 11)
+    assert torch.allclose(rgb[:, 0], rgb[:, 1], atol=1e-6) and torch.allclose(rgb[:, 1], rgb[:, 2], atol=1e-6)
+    assert rgb[0, 0, 0, 0] < 1e-4 and rgb[0, 0, 0, -1] > 0.999
+    assert torch.allclose(rgb_to_lab_torch(rgb)[:, :1], lightness, atol=0.05)
+
+
+def test_loss_ignores_unlabeled_and_pushes_person_down_where_known_absent():
+    torch.manual_seed(0)
+    logits = torch.randn(1, len(CLASSES), 4, 4)
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[0, 0] = 1
+    labels[0, 1] = NOT_PERSON
+    weights = torch.ones(len(CLASSES))
+    loss = training.segmentation_loss(logits, labels, weights, PERSON, 1.0)
+    changed = logits.clone()
+    changed[..., 2:, :] += torch.randn(1, len(CLASSES), 2, 4) * 5  # rows 2-3 are unlabeled
+    assert torch.allclose(training.segmentation_loss(changed, labels, weights, PERSON, 1.0), loss)
+    # by hand: cross-entropy over classes 1..K-1 on row 0, -log(1 - p(person)) on row 1
+    probs = logits[0, 1:].softmax(0)
+    ce = -probs[0, 0].log()  # class 1 is index 0 among the scored classes
+    not_person = -(1 - probs[PERSON - 1, 1]).log()
+    assert torch.allclose(loss, (ce.sum() + not_person.sum()) / 8, atol=1e-5)
+    without = training.segmentation_loss(logits, labels, weights, PERSON, 0.0)
+    assert without == pytest.approx(float(ce.mean()), abs=1e-5)
+
+
+def test_training_steps_reduce_the_loss_on_a_tiny_batch():
+    torch.manual_seed(0)
+    decoder = FPNDecoder(SegmenterConfig(num_classes=len(CLASSES), width=16, dropout=0.0))
+    features = {"stride8": torch.randn(4, 40, 8, 8), "stride16": torch.randn(4, 112, 4, 4),
+                "stride32": torch.randn(4, 320, 2, 2)}
+    coarse = torch.randint(1, len(CLASSES), (4, 1, 8, 8)).float()  # 2×2 blocks: learnable at stride 2
+    labels = F.interpolate(coarse, scale_factor=2, mode="nearest")[:, 0].to(torch.uint8)
+    labels[:, :4] = NOT_PERSON
+    labels[:, -2:] = 0
+    weights = torch.ones(len(CLASSES))
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        logits = F.interpolate(decoder(features), size=(16, 16), mode="bilinear", align_corners=False)
+        loss = training.segmentation_loss(logits, labels, weights, PERSON, 1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_exported_weights_load_through_the_pipeline_and_predict_the_same(weights_dir):
+    directory, model = weights_dir
+    manifest = Manifest.load(directory)
+    entry = manifest.entry(pipeline.PRETRAINED_SEGMENTER_WEIGHTS)
+    assert entry.model == "segmenter" and entry.config["classes"] == CLASSES
+    # the decoder only: the backbone is not repeated in the file
+    assert manifest.path(pipeline.PRETRAINED_SEGMENTER_WEIGHTS).stat().st_size < 100_000
+    segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=manifest)
+    assert segmenter.classes == tuple(CLASSES) and segmenter.input_size == 64
+    gray = torch.rand(1, 1, 64, 96) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(segmenter.model(gray), model(gray), atol=1e-5)
+    rng = np.random.default_rng(0)
+    lightness = (50 + 30 * rng.random((90, 130))).astype(np.float32)
+    ids, small = pipeline.segment(lightness, segmenter)
+    assert ids.shape == (90, 130) and 1 <= ids.min() and ids.max() < len(CLASSES)
+    assert small.shape[0] % 32 == 0 and small.shape[1] % 32 == 0
+
+
+def test_corrupt_or_mismatched_decoder_files_are_named(weights_dir, tmp_path):
+    source, _ = weights_dir
+    directory = tmp_path / "weights"
+    shutil.copytree(source, directory)
+    path = directory / f"{pipeline.PRETRAINED_SEGMENTER_WEIGHTS}.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-10:] = b"\xff" * 10
+    path.write_bytes(bytes(data))
+    with pytest.raises(SemanticError) as error:
+        pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
+    assert error.value.code == ErrorCode.weights_corrupt and str(path) in error.value.message
+    # a well-formed file of another decoder (other width) is named as not fitting
+    other = PretrainedSegmenter(SegmenterConfig(num_classes=len(CLASSES), width=16))
+    weight_id = pipeline.PRETRAINED_SEGMENTER_WEIGHTS
+    training.save_decoder(other.decoder.state_dict(), TINY, CLASSES, 64, weight_id, directory)
+    with pytest.raises(SemanticError) as error:
+        pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
+    assert error.value.code == ErrorCode.weights_corrupt and str(path) in error.value.message
+
+
+def _photo(path, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _dataset(root):
+    """Names are chosen so that each source has a photo in every split."""
+    names = {}
+    for split in ("heldout", "select", "train"):
+        names[split] = next(f"p{i:04d}" for i in range(1000) if split_of(f"p{i:04d}") == split)
+    scene, ccp, coco = root / "siftflow/train", root / "people/ccp", root / "people/coco128-seg"
+    for folder in (scene / "images", scene / "labels", ccp / "images", ccp / "masks", coco / "images",
+                   coco / "masks"):
+        folder.mkdir(parents=True)
+    for name in names.values():
+        _photo(scene / "images" / f"{name}.jpg", 32, 32)
+        Image.fromarray(np.full((32, 32), 3, np.uint8)).save(scene / "labels" / f"{name}.png")
+        _photo(ccp / "images" / f"{name}.jpg", 48, 32)
+        mask = np.zeros((48, 32), np.uint8)
+        mask[8:40, 10:22] = 255
+        Image.fromarray(mask).save(ccp / "masks" / f"{name}.png")
+        _photo(coco / "images" / f"{name}.jpg", 32, 40)
+        Image.fromarray(np.where(np.arange(40) < 20, 255, 0).astype(np.uint8)[None].repeat(32, 0)).save(
+            coco / "masks" / f"{name}.png")
+    return names
+
+
+def test_splits_and_labels_of_scenes_and_people(tmp_path):
+    names = _dataset(tmp_path)
+    for split, name in names.items():
+        photos = list_photos(tmp_path, split)
+        assert [(p.image.stem, p.source) for p in photos] == [
+            (name, "siftflow/train"), (name, "people/ccp"), (name, "people/coco128-seg")]
+        assert len(list_photos(tmp_path, split, people=False)) == 1
+    # the held-out split is the bench's validation split of SIFT Flow
+    assert all(is_validation(f"p{i:04d}") == (split_of(f"p{i:04d}") == "heldout") for i in range(300))
+    scene, ccp, coco = list_photos(tmp_path, "train")
+    assert np.unique(photo_labels(scene, PERSON)[1]).tolist() == [3]
+    ccp_labels = photo_labels(ccp, PERSON)[1]
+    assert ccp_labels[20, 15] == PERSON and ccp_labels[0, 0] == NOT_PERSON  # CCP: every person pixel labelled
+    coco_labels = photo_labels(coco, PERSON)[1]
+    assert coco_labels[5, 5] == PERSON and coco_labels[5, 30] == 0  # COCO: the rest carries no label
+    with pytest.raises(SemanticError, match="split"):
+        list_photos(tmp_path, "test")
+
+
+def test_square_views_of_a_portrait_are_its_top_and_mirrored_bottom():
+    rgb = np.zeros((60, 40, 3), np.uint8)
+    rgb[:, :, 0] = np.arange(60)[:, None]  # row index in red
+    rgb[:, :, 1] = np.arange(40)[None, :]  # column index in green
+    labels = np.zeros((60, 40), np.uint8)
+    labels[:10] = 1
+    views = square_views(rgb, labels, 40, 20, both=True)
+    (top, top_labels), (bottom, bottom_labels) = views
+    assert top.shape == (40, 40, 3) and top_labels.shape == (20, 20)
+    assert top[0, 0, 0] == 0 and top_labels[0, 0] == 1  # the head end
+    assert bottom[-1, 0, 0] == 59 and bottom[0, 0, 1] == 39 and bottom_labels[0, 0] == 0  # mirrored
+    assert len(square_views(rgb[:40], labels[:40], 40, 20, both=False)) == 1
+
+
+def test_heldout_report_scores_each_segmenter_on_the_heldout_photos(weights_dir, tmp_path):
+    directory, _ = weights_dir
+    _dataset(tmp_path)
+    segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
+    report = training.heldout_report(tmp_path, {"tiny": segmenter})
+    assert report["siftflow_images"] == 1 and report["people_images"] == 2
+    scored = report["segmenters"]["tiny"]
+    # every labelled pixel is 'tree': its IoU is the share of pixels predicted tree, the pixel accuracy
+    assert list(scored["siftflow"]["per_class_iou"]) == ["tree"]
+    assert scored["siftflow"]["per_class_iou"]["tree"] == pytest.approx(scored["siftflow"]["pixel_accuracy"],
+                                                                         abs=1e-4)
+    assert 0.0 <= scored["people_person_iou"] <= 1.0
+
+
+def test_prior_adjustment_is_picked_on_select_and_folded_into_the_bias(tmp_path):
+    torch.manual_seed(0)
+    decoder = FPNDecoder(TINY)
+    labels = torch.full((6, 16, 16), 1, dtype=torch.uint8)  # 'sky' dominates training
+    labels[:, :2] = 3
+    features = {"stride8": torch.randn(6, 40, 8, 8).half(), "stride16": torch.randn(6, 112, 4, 4).half(),
+                "stride32": torch.randn(6, 320, 2, 2).half()}
+    cache = training.FeatureCache(features, labels, torch.zeros(6, dtype=torch.bool))
+    trained = {k: v.clone() for k, v in decoder.state_dict().items()}
+    torch.save({"decoder": trained, "config": TINY.to_dict(), "class_weights": [1.0] * len(CLASSES),
+                "metrics": {}}, tmp_path / "best.pt")
+    training.adjust_for_prior(tmp_path, cache, cache, len(CLASSES), PERSON, (0.0, 1.0),
+                              note=lambda text: None)
+    state = torch.load(tmp_path / "best.pt", weights_only=False)
+    tau = state["prior_adjustment"]["tau"]
+    assert set(state["prior_adjustment"]["select"]) == {"0.0", "1.0"}
+    assert state["metrics"] == state["prior_adjustment"]["select"][str(tau)]
+    shift = trained["classifier.bias"] - state["decoder"]["classifier.bias"]
+    # τ·log prior: sky is 7/8 of the pixels, tree 1/8, the unseen classes are not boosted
+    expected = tau * torch.tensor([0.0, np.log(7 / 8), 0.0, np.log(1 / 8), 0.0])
+    assert torch.allclose(shift, expected.float(), atol=1e-5)
+    training.adjust_for_prior(tmp_path, cache, cache, len(CLASSES), PERSON, (2.0,), note=lambda text: None)
+    again = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert torch.equal(again["decoder"]["classifier.bias"], state["decoder"]["classifier.bias"])  # once only
