@@ -219,3 +219,14 @@ def test_daemon_command_refuses_to_leave_another_daemon_in_place_of_the_one_aske
         assert running.client().health()["pid"] == running.process.pid
     finally:
         running.stop()
+
+
+def test_readme_opens_the_tunnel_before_the_installer_checks_it():
+    """The installer ends with doctor, which checks the remote daemon through the tunnel: the README's
+    GIMP-machine recipe must open the tunnel first, or its own check reports 'remote FAILED'."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Remote GPU\n")[1].split("\n## ")[0]
+    commands = [line.strip() for line in section.splitlines()]
+    tunnel = next(i for i, line in enumerate(commands) if line.startswith("ssh ") and " -L 8765:" in line)
+    installer = next(i for i, line in enumerate(commands) if "install.py" in line and "--remote-port" in line)
+    assert tunnel < installer, (commands[tunnel], commands[installer])
+    assert not commands[tunnel].endswith("&")  # ssh -f returns once connected; '&' returns at once
