@@ -179,8 +179,8 @@ def test_doctor_reads_a_plugin_config_as_the_plugin_does(tmp_path, port, problem
     config = json.loads(config_file.read_text())
     config_file.write_text(json.dumps(dict(config, port=port, token_file=str(tmp_path / "gpu-token"))))
     env = dict(os.environ, SEMANTIC_STATE_DIR=str(tmp_path / "state"), SEMANTIC_LOG_DIR=str(tmp_path / "log"))
-    done = subprocess.run([sys.executable, "-m", "core", "doctor", "--json", "--gimp-dir", str(gimp)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "core", "doctor", "--json", "--gimp-dir", str(gimp)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert "Traceback" not in done.stderr, done.stderr
     report = json.loads(done.stdout)
     if problem is None:

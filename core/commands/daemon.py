@@ -43,9 +43,10 @@ def run(args) -> int:
             # and token file pointing at nothing.
             raise SemanticError(
                 ErrorCode.bad_request,
-                f"A gimp-semantic daemon already runs (pid {running.pid}) on {running.address}:{running.port} "
-                f"with token file {running.token_file}, not {' and '.join(unmet)} as asked. Stop it with "
-                f"'kill {running.pid}' and run this command again.")
+                f"A gimp-semantic daemon already runs (pid {running.pid}) on "
+                f"{running.address}:{running.port} with token file {running.token_file}, not "
+                f"{' and '.join(unmet)} as asked. Stop it with 'kill {running.pid}' and run this command "
+                "again.")
         print(f"gimp-semantic daemon already running on {running.address}:{running.port} "
               f"(pid {running.pid})", file=sys.stderr)
         return 0
