@@ -149,8 +149,13 @@ def set_items(root: Path, name: str, split: str, count: int) -> list[tuple[str, 
         items = [(p.stem, p, p.with_suffix(".png")) for p in sorted(folder.glob("*.jpg"))]
     else:
         folder = root / name
-        items = [(p.stem, p, folder / "masks" / (p.stem + ".png")) for p in sorted((folder / "images").glob("*.jpg"))]
-    items = [(f"{name}/{key}", image, mask) for key, image, mask in items if split_of(f"{name}/{key}") == split]
+        items = [
+            (p.stem, p, folder / "masks" / (p.stem + ".png"))
+            for p in sorted((folder / "images").glob("*.jpg"))
+        ]
+    items = [
+        (f"{name}/{key}", image, mask) for key, image, mask in items if split_of(f"{name}/{key}") == split
+    ]
     if len(items) > count:
         items = [items[round(i * len(items) / count)] for i in range(count)]
     return items
@@ -202,7 +207,10 @@ def run_methods(rgb: np.ndarray, mask: np.ndarray, raster: np.ndarray, state=Non
             t0 = time.perf_counter()
             if method == "deepprop":
                 result, keep = propagate(
-                    rgb, labels_for_selection(strokes, FG, BG), PropagationOptions("select", fg=FG, bg=BG), keep
+                    rgb,
+                    labels_for_selection(strokes, FG, BG),
+                    PropagationOptions("select", fg=FG, bg=BG),
+                    keep,
                 )
                 prob = result.output
                 extra = {"epochs": result.log.epochs if result.log else 0, "incremental": result.incremental}
@@ -215,7 +223,9 @@ def run_methods(rgb: np.ndarray, mask: np.ndarray, raster: np.ndarray, state=Non
             if round_ == "first":
                 fix = correction_stroke(mask, prob >= 0.5, brush)
                 if fix is None:
-                    results.append({**results[0], "round": "corrected", "seconds": 0.0, "no_correction": True})
+                    results.append(
+                        {**results[0], "round": "corrected", "seconds": 0.0, "no_correction": True}
+                    )
                     break
                 strokes = add_stroke(strokes, fix[0], fix[1], brush)
         out[method] = results
@@ -241,7 +251,9 @@ def quality(root: Path, per_set: int, max_side: int, split: str, out_dir: Path |
                 for r in results:
                     curves[f"{method}/{r['round']}"] += counts(r.pop("prob"), mask)
                 row[method] = {
-                    r["round"]: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "round"}
+                    r["round"]: {
+                        k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "round"
+                    }
                     for r in results
                 }
             rows.append(row)
@@ -253,7 +265,8 @@ def quality(root: Path, per_set: int, max_side: int, split: str, out_dir: Path |
             for round_ in ("first", "corrected"):
                 sel = [r[method][round_] for r in rows]
                 summary.setdefault(method, {})[round_] = {
-                    k: round(float(np.mean([s[k] for s in sel])), 4) for k in ("precision", "recall", "f1", "seconds")
+                    k: round(float(np.mean([s[k] for s in sel])), 4)
+                    for k in ("precision", "recall", "f1", "seconds")
                 }
         pr = {}
         for label, (tp, pp) in curves.items():
@@ -281,7 +294,9 @@ def draw_pr_curves(curves: dict[str, dict], path: Path, size: int = 320) -> None
         cv2.rectangle(panel, point(0, 1), point(1, 0), (0, 0, 0), 1)
         for tick in (0.5, 0.8, 0.9):
             cv2.line(panel, point(0, tick), point(1, tick), (220, 220, 220), 1)
-            cv2.putText(panel, f"{tick}", (2, point(0, tick)[1] + 4), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1)
+            cv2.putText(
+                panel, f"{tick}", (2, point(0, tick)[1] + 4), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1
+            )
         for label, curve in pr.items():
             method, round_ = label.split("/")
             pts = [point(r, p) for r, p in zip(curve["recall"], curve["precision"]) if r > 0]
@@ -289,13 +304,17 @@ def draw_pr_curves(curves: dict[str, dict], path: Path, size: int = 320) -> None
                 for pt in pts[:1]:
                     cv2.circle(panel, pt, 5 if round_ == "first" else 3, colors[method], -1)
             elif pts:
-                cv2.polylines(panel, [np.array(pts, np.int32)], False, colors[method], 2 if round_ == "first" else 1)
+                cv2.polylines(
+                    panel, [np.array(pts, np.int32)], False, colors[method], 2 if round_ == "first" else 1
+                )
         cv2.putText(panel, name, (30, 14), cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1)
         panels.append(panel)
     legend = np.full((24, len(panels) * (size + 40), 3), 255, np.uint8)
     for i, (method, color) in enumerate(colors.items()):
         cv2.putText(legend, method, (30 + 160 * i, 16), cv2.FONT_HERSHEY_PLAIN, 1.0, color, 1)
-    cv2.putText(legend, "thick: strokes, thin: + correction", (520, 16), cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1)
+    cv2.putText(
+        legend, "thick: strokes, thin: + correction", (520, 16), cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1
+    )
     cv2.imwrite(str(path), np.concatenate([legend, np.concatenate(panels, 1)], 0))
 
 
@@ -305,7 +324,9 @@ def draw_pr_curves(curves: dict[str, dict], path: Path, size: int = 320) -> None
 def delta_e(rgb: np.ndarray, truth: np.ndarray) -> float:
     """Mean CIE76 ΔE (Lab distance) to the original."""
     return float(
-        np.linalg.norm(rgb_to_lab(rgb.astype(np.float32)) - rgb_to_lab(truth.astype(np.float32)), axis=2).mean()
+        np.linalg.norm(
+            rgb_to_lab(rgb.astype(np.float32)) - rgb_to_lab(truth.astype(np.float32)), axis=2
+        ).mean()
     )
 
 
@@ -366,7 +387,9 @@ def colorization(root: Path, count: int, split: str) -> dict:
         examples[name] = row
         print(json.dumps({name: row}), flush=True)
     photos = []
-    images = [p for p in sorted((root / "bsds500/val/images").glob("*.jpg")) if split_of(f"bsds/{p.stem}") == split]
+    images = [
+        p for p in sorted((root / "bsds500/val/images").glob("*.jpg")) if split_of(f"bsds/{p.stem}") == split
+    ]
     for path in images[:count]:
         truth = to_float(load_image(path))[..., :3]
         segments = bsds_segments(root / "bsds500/val/segments" / (path.stem + ".png"))
@@ -532,11 +555,15 @@ def speed(root: Path, sizes: set[str] | None = None, repeat: int = 3) -> dict:
         for j in range(len(photos)):
             path = photos[(7 * i + 3 + j) % len(photos)]
             segments = bsds_segments(root / "bsds500/val/segments" / (path.stem + ".png"))
-            segments = cv2.resize(segments.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int64)
+            segments = cv2.resize(
+                segments.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST
+            ).astype(np.int64)
             paths = region_strokes(segments, n + 1, rng, brush)
             if len(paths) == n + 1:
                 break
-        rgb = cv2.resize(to_float(load_image(path))[..., :3], (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+        rgb = cv2.resize(to_float(load_image(path))[..., :3], (w, h), interpolation=cv2.INTER_CUBIC).clip(
+            0, 1
+        )
         base = labels_from_scribbles(rasterize_paths(paths[:n], h, w, brush))
         more = labels_from_scribbles(rasterize_paths(paths[: n + 1], h, w, brush))
         options = PropagationOptions(mode="colorize")
@@ -580,7 +607,9 @@ def speed(root: Path, sizes: set[str] | None = None, repeat: int = 3) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default="../shared/datasets")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--per-set", type=int, default=8, help="images per salient-object set")

@@ -179,13 +179,15 @@ def test_a_rise_stops_training_after_the_warm_up_and_restores_the_parameters():
 
     def run(warmup: int) -> tuple[str, list[float], DeepProp]:
         # A step size far too large makes E jump around, so rises happen within a few epochs.
-        cfg = DeepPropConfig(learning_rate=0.3, epsilon=0.0, max_epochs=30)
+        cfg = DeepPropConfig(learning_rate=0.3, epsilon=0.0, max_epochs=30, stop_rule="rise")
         torch.manual_seed(0)
         model = DeepProp(2, cfg)
         errors: list[float] = []
         optimizer = Adam(list(model.parameters()), cfg.learning_rate)
         generator = torch.Generator().manual_seed(0)
-        reason = train_stage(model, optimizer, columns, None, targets, cfg, generator, errors, warmup_epochs=warmup)
+        reason = train_stage(
+            model, optimizer, columns, None, targets, cfg, generator, errors, warmup_epochs=warmup
+        )
         return reason, errors, model
 
     reason, errors, model = run(0)
@@ -197,3 +199,55 @@ def test_a_rise_stops_training_after_the_warm_up_and_restores_the_parameters():
     stop = len(errors) - 1
     _, later, _ = run(stop + 1)
     assert later[: stop + 1] == pytest.approx(errors) and len(later) > stop + 1
+
+
+def test_loss_is_eq12_binary_cross_entropy_per_class_summed():
+    from core.propagation.learn import stroke_loss
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(9, 3) * 4, torch.randint(0, 3, (9,))
+    y, g = torch.softmax(logits, 1), F.one_hot(targets, 3).float()
+    eq12 = -(g * y.log() + (1 - g) * (1 - y).log()).sum()
+    torch.testing.assert_close(stroke_loss(logits, targets), eq12)
+    # Two classes: twice the categorical cross-entropy, so ε|Ω'| is twice as strict as it was.
+    two, t2 = torch.randn(5, 2), torch.randint(0, 2, (5,))
+    torch.testing.assert_close(stroke_loss(two, t2), 2 * F.cross_entropy(two, t2, reduction="sum"))
+    # Confident and right stays finite and near zero (no log(1 − y) of a rounded 1).
+    assert 0 <= stroke_loss(torch.tensor([[60.0, -60.0]]), torch.tensor([0])).item() < 1e-6
+
+
+def test_training_set_is_balanced_between_classes():
+    labels = np.full((100, 100), -1, np.int32)
+    labels[:90] = 0  # 9000 background stroke pixels
+    labels[95:, :40] = 1  # 200 on a small object
+    ys, xs, cls = sample_training_set(labels, 0.1, np.random.default_rng(0))
+    counts = np.bincount(cls)
+    assert counts[0] == counts[1] == 460  # 10% of 9200, half each; the object's pixels repeated
+    assert (labels[ys, xs] == cls).all()
+    assert len(np.unique(ys[cls == 1] * 100 + xs[cls == 1])) == 200  # every object pixel is in Ω'
+
+
+@pytest.mark.parametrize(
+    "rule, reason, epochs", [("literal", "error above preE", 1), ("plateau", "error settled", None)]
+)
+def test_stop_rules_of_algorithm_1(rule, reason, epochs):
+    from core.propagation.learn import train_stage
+
+    image, region = two_region_image()
+    source = PatchSource.from_image(image)
+    labels = two_region_strokes(region)
+    ys, xs = (torch.from_numpy(v) for v in np.nonzero(labels >= 0))
+    columns = DeepProp(2).vfe.columns(source.patches(ys, xs)).contiguous()
+    targets = torch.from_numpy(labels[ys.numpy(), xs.numpy()].astype(np.int64))
+    cfg = DeepPropConfig(epsilon=0.0, stop_rule=rule, max_epochs=40)
+    torch.manual_seed(0)
+    model = DeepProp(2, cfg)
+    errors: list[float] = []
+    optimizer = Adam(list(model.parameters()), cfg.learning_rate)
+    got = train_stage(model, optimizer, columns, None, targets, cfg, torch.Generator().manual_seed(0), errors)
+    assert got == reason
+    if epochs is not None:  # preE ← 0 read literally: E − 0 > γ|Ω'| after the first epoch
+        assert len(errors) == epochs and errors[0] > cfg.gamma
+    else:  # |E − preE| < γ|Ω'|: the last epoch changed the error by less than γ, the ones before more
+        assert abs(errors[-1] - errors[-2]) < cfg.gamma
+        assert all(abs(b - a) >= cfg.gamma for a, b in zip([0.0, *errors[:-2]], errors[:-1]))

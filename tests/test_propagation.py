@@ -161,7 +161,9 @@ def test_selection_strokes_are_the_pixels_near_fg_and_bg():
     # Any pair of distinct colors works, red/blue (the earlier fixed pair) included.
     red_blue = labels_for_selection(fg_bg_scribbles((255, 0, 0), (0, 0, 255)), (255, 0, 0), (0, 0, 255))
     assert red_blue.keys() == ["#ff0000", "#0000ff"]
-    assert (red_blue.labels >= 0).sum() == (labels_for_selection(fg_bg_scribbles(), BLACK, WHITE).labels >= 0).sum()
+    assert (red_blue.labels >= 0).sum() == (
+        labels_for_selection(fg_bg_scribbles(), BLACK, WHITE).labels >= 0
+    ).sum()
 
 
 def test_selection_strokes_in_other_colors_are_reported():
@@ -263,6 +265,30 @@ def test_eroded_edge_weights():
     labels[:, 10:] = 1
     w = eroded_edge_weights(labels, 3)
     assert w[:, 7:13].max() == 0 and w[:, :5].min() == 1 and w[:, 15:].min() == 1
+
+
+def test_beta_erodes_the_input_images_edges_and_phi_is_levins_local_affinity():
+    from core.propagation.smoothing import image_edge_weights, local_variance
+
+    rng = np.random.default_rng(1)
+    lab = np.full((30, 40, 3), 30.0, np.float32)
+    lab[:, 20:, 0] = 70  # one vertical edge
+    lab += rng.normal(0, 0.5, lab.shape).astype(np.float32)
+    beta = image_edge_weights(lab, 3)
+    assert beta[:, 18:22].max() == 0 and beta[:, :14].min() == 1 and beta[:, 26:].min() == 1
+    graph = EdgeGraph(lab)  # σ from the local variance
+    var = local_variance(lab)
+    assert var.min() >= 1.0 and var[:, 19:21].mean() > 100 * var[:, :10].mean()
+    # Across the edge the affinity is small; along it (on either side) far larger.
+    assert graph.right[:, 19].max() < 0.01
+    assert graph.down[:, :15].mean() > 30 * graph.right[:, 19].mean()
+    x, _ = smooth(
+        graph,
+        np.zeros((30, 40, 1), np.float32) + (np.arange(40) >= 20)[None, :, None],
+        beta,
+        SmoothingConfig(strength=5.0, tolerance=1e-8, max_iterations=4000),
+    )
+    assert x[:, :18].max() < 0.1 and x[:, 22:].min() > 0.9  # the step survives λ = 5
 
 
 # --- applications ----------------------------------------------------------------------------------
@@ -395,7 +421,9 @@ def test_strokes_redrawn_elsewhere_start_learning_over():
     assert state.surviving_rows(["#0000ff", "#ff0000"], extended) == [0, 1]
     swapped = np.where(labels >= 0, 1 - labels, -1)  # the same colors on the other sides
     assert state.surviving_rows(["#0000ff", "#ff0000"], swapped) == [None, None]
-    result, _ = propagate(img, stroke_set(swapped, colors), PropagationOptions(mode="masks", model=FAST), state)
+    result, _ = propagate(
+        img, stroke_set(swapped, colors), PropagationOptions(mode="masks", model=FAST), state
+    )
     assert not result.incremental and result.log.pretrain_errors  # Algorithm 1 from scratch
     assert result.output[:, :24, 1].mean() > 0.9 and result.output[:, 40:, 0].mean() > 0.9
 

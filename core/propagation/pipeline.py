@@ -23,7 +23,13 @@ from core.propagation import apps
 from core.propagation.estimate import PatchSource, estimate_pixels, estimate_superpixels, is_gray
 from core.propagation.learn import TrainingLog, learn
 from core.propagation.slic import SlicResult, slic
-from core.propagation.smoothing import EdgeGraph, SmoothingConfig, eroded_edge_weights, smooth
+from core.propagation.smoothing import (
+    EdgeGraph,
+    SmoothingConfig,
+    eroded_edge_weights,
+    image_edge_weights,
+    smooth,
+)
 from core.propagation.strokes import DEFAULT_BG, DEFAULT_FG, RGB, Strokes
 from core.protocol import bad_input
 
@@ -49,7 +55,7 @@ class ImageState:
     source: PatchSource
     lab: np.ndarray
     superpixels: dict[int, SlicResult] = field(default_factory=dict)
-    graphs: dict[float, EdgeGraph] = field(default_factory=dict)
+    graphs: dict[float | None, EdgeGraph] = field(default_factory=dict)
     model: DeepProp | None = None
     class_keys: list[str] = field(default_factory=list)
     stroke_labels: np.ndarray | None = None  # the strokes the kept network was trained on
@@ -76,7 +82,11 @@ class ImageState:
         rows: list[int | None] = []
         for index, key in enumerate(keys):
             row = self.class_keys.index(key) if key in self.class_keys else None
-            if row is not None and self.stroke_labels is not None and self.stroke_labels.shape == labels.shape:
+            if (
+                row is not None
+                and self.stroke_labels is not None
+                and self.stroke_labels.shape == labels.shape
+            ):
                 before = self.stroke_labels == row
                 if (labels[before] == index).sum() * 2 < before.sum():
                     row = None
@@ -88,7 +98,7 @@ class ImageState:
             self.superpixels[count] = slic(self.lab, count)
         return self.superpixels[count]
 
-    def graph_for(self, sigma: float) -> EdgeGraph:
+    def graph_for(self, sigma: float | None) -> EdgeGraph:
         if sigma not in self.graphs:
             self.graphs[sigma] = EdgeGraph(self.lab, sigma)
         return self.graphs[sigma]
@@ -204,8 +214,12 @@ def propagate(
     report(0.86, "Edge-aware smoothing")
     iterations = []
     if options.smoothing.strength > 0:
-        graph = state.graph_for(options.smoothing.sigma)
-        weights = eroded_edge_weights(probs.argmax(2), radius)
+        cfg_smooth = options.smoothing
+        graph = state.graph_for(None if cfg_smooth.affinity == "local" else cfg_smooth.sigma)
+        if cfg_smooth.edges_from == "image":
+            weights = image_edge_weights(state.lab, radius)
+        else:
+            weights = eroded_edge_weights(probs.argmax(2), radius)
 
         def smoother(values: np.ndarray) -> np.ndarray:
             key = (options.mode, options.smoothing, options.per_pixel, values.shape)

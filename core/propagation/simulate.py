@@ -59,10 +59,13 @@ def user_strokes(mask: np.ndarray, brush: int | None = None) -> UserStrokes:
     brush = brush or user_brush(mask.shape)
     min_part = max(4 * brush * brush, 0.001 * mask.size)
     fg: list[np.ndarray] = []
-    for part in components(mask, min_part):
+    # A small object still gets its stroke: the largest part, whatever its size.
+    for part in components(mask, min_part) or components(mask, 1)[:1]:
         fg.extend(region_strokes(part, brush, branches=1))
     bg: list[np.ndarray] = []
-    big = components(~mask, MIN_BACKGROUND_SHARE * mask.size)[:MAX_BACKGROUND_REGIONS]
+    big = (components(~mask, MIN_BACKGROUND_SHARE * mask.size) or components(~mask, 1))[
+        :MAX_BACKGROUND_REGIONS
+    ]
     for index, part in enumerate(big):
         bg.extend(region_strokes(part, brush, branches=2 if index == 0 else 0))
     return UserStrokes(fg, bg, brush)
@@ -90,7 +93,9 @@ def components(region: np.ndarray, min_area: float) -> list[np.ndarray]:
     return [labels == k for k in order if stats[k, cv2.CC_STAT_AREA] >= min_area]
 
 
-def region_strokes(region: np.ndarray, brush: int, branches: int, margin: float | None = None) -> list[np.ndarray]:
+def region_strokes(
+    region: np.ndarray, brush: int, branches: int, margin: float | None = None
+) -> list[np.ndarray]:
     """The spine of ``region``'s interior and up to ``branches`` branches off it, as N×2 (x, y)
     polylines; the interior is where a stroke of ``brush`` keeps ``margin`` pixels (default half a
     brush) off the boundary (the image frame counts as boundary)."""
