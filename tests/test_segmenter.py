@@ -4,6 +4,7 @@ training step, weights written and read back through the pipeline, corrupt files
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,6 +75,26 @@ def test_decoder_predicts_at_stride_8_and_the_model_at_the_input_size():
     assert not any(p.requires_grad for p in model.backbone.parameters())
     model.train()
     assert not model.backbone.training and model.decoder.training  # ImageNet BN statistics stay
+
+
+def test_test_time_views_average_the_mirrored_and_rescaled_scores():
+    torch.manual_seed(0)
+    plain = PretrainedSegmenter(TINY).eval()
+    views = PretrainedSegmenter(replace(TINY, test_flip=True, test_scales=(1.0, 1.25))).eval()
+    views.load_state_dict(plain.state_dict())
+    assert SegmenterConfig.from_dict(views.config.to_dict()) == views.config  # survives the manifest's JSON
+    gray = torch.rand(1, 1, 40, 56) * 2 - 1
+
+    def scores(x):
+        logits = plain.decoder(plain.features(x))
+        return F.interpolate(logits, size=(40, 56), mode="bilinear", align_corners=False)
+
+    with torch.no_grad():
+        big = F.interpolate(gray, scale_factor=1.25, mode="bilinear", align_corners=False)
+        mirrored = scores(gray.flip(-1)).flip(-1) + scores(big.flip(-1)).flip(-1)
+        expected = (scores(gray) + scores(big) + mirrored) / 4
+        assert torch.allclose(views(gray), expected, atol=1e-5)
+        assert not torch.allclose(plain(gray), expected, atol=1e-3)
 
 
 def test_gray_input_is_the_srgb_gray_of_that_lightness():

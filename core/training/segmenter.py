@@ -22,7 +22,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -270,8 +270,12 @@ def export(args: argparse.Namespace) -> Path:
     state = torch.load(args.out / "best.pt", map_location="cpu", weights_only=False)
     directory = bundled_weights_dir()
     meta = {"step": str(state["step"]), "select_metrics": json.dumps(state["metrics"])}
-    path = save_decoder(state["decoder"], SegmenterConfig.from_dict(state["config"]), state["classes"],
-                        state["args"]["side"], args.export, directory, meta)
+    # inference options, picked on the select split through the full pipeline (the card gives the numbers)
+    config = replace(SegmenterConfig.from_dict(state["config"]), test_flip=args.test_flip,
+                     test_scales=tuple(args.test_scales))
+    path = save_decoder(state["decoder"], config, state["classes"], state["args"]["side"], args.export,
+                        directory, meta)
+    state["config"] = config.to_dict()
     print(json.dumps({"exported": str(path), "bytes": path.stat().st_size, "step": state["step"]}),
           flush=True)
     from core.colorization import pipeline
@@ -282,7 +286,9 @@ def export(args: argparse.Namespace) -> Path:
         args.export: pipeline.load_segmenter(device, args.export),
         pipeline.GRIDNET_WEIGHTS: pipeline.load_segmenter(device, pipeline.GRIDNET_WEIGHTS)})
     (args.out / "heldout.json").write_text(json.dumps(report, indent=2) + "\n")
-    (directory / f"{args.export}.md").write_text(model_card(args.export, state, path, report))
+    scales = " ".join(map(str, args.test_scales))
+    flags = ("--test-flip " if args.test_flip else "") + f"--test-scales {scales}"
+    (directory / f"{args.export}.md").write_text(model_card(args.export, state, path, report, flags))
     print(json.dumps({k: v["siftflow"]["mean_iou"] for k, v in report["segmenters"].items()}), flush=True)
     return path
 
@@ -344,7 +350,7 @@ def heldout_report(data_root: str | Path, segmenters: dict, limit: int = 0, spli
     return result
 
 
-def model_card(weight_id: str, state: dict, path: Path, report: dict) -> str:
+def model_card(weight_id: str, state: dict, path: Path, report: dict, export_flags: str = "") -> str:
     args, ours = state["args"], report["segmenters"][weight_id]
     others = {k: v for k, v in report["segmenters"].items() if k != weight_id}
     rows = ["| class | " + " | ".join([weight_id, *others]) + " |", "|---|" + "---|" * (1 + len(others))]
@@ -365,11 +371,10 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict) -> str:
         for t, r in tried["select"].items())
     command = (f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
                f"--steps {args['steps']} --batch {args['batch']} --lr {args['lr']} --width {args['width']} "
-               f"--class-balance "
-               f"{args['class_balance']} --not-person-weight {args['not_person_weight']} "
-               f"--threads {args['threads']}"
-               f" [--resume]\npython -m core.training.segmenter --data {args['data']} --out {args['out']} "
-               f"--export {weight_id}")
+               f"--class-balance {args['class_balance']} --not-person-weight {args['not_person_weight']} "
+               f"--threads {args['threads']} [--resume]\n"
+               f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
+               f"--export {weight_id} {export_flags}".rstrip())
     return f"""# {weight_id}
 
 Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `segmenter`): the frozen
@@ -410,6 +415,8 @@ Select scores of the exported decoder: `{json.dumps({k: round(v, 4) if isinstanc
                                                     for k, v in state['metrics'].items()})}`.
 Decoder training time {state['elapsed_s'] / 60:.1f} min (step time, after the feature cache) on
 {platform.machine()} CPU shared with other work, {args['threads']} thread(s), no GPU.
+Inference: config `test_flip` {state['config'].get('test_flip', False)}, `test_scales`
+{list(state['config'].get('test_scales', [1.0]))} (scores averaged over the mirrored and rescaled photo).
 
 ## Held-out metrics (full-resolution pipeline, `pipeline.segment`, unlabeled pixels not scored)
 {report['siftflow_images']} SIFT Flow photos at 256², {report['people_images']} people photos (person IoU
@@ -447,6 +454,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-flip", action="store_true",
+                   help="export: the model averages its scores over the photo and its mirror image")
+    p.add_argument("--test-scales", type=float, nargs="+", default=[1.0],
+                   help="export: input scales whose scores the model averages (1 = --side²)")
     p.add_argument("--export", metavar="WEIGHT_ID",
                    help="export best.pt into weights/, score it on the heldout split, write the card")
     return p.parse_args(argv)
