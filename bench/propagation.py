@@ -299,21 +299,30 @@ def draw_pr_curves(curves: dict[str, dict], path: Path, size: int = 320) -> None
             )
         for label, curve in pr.items():
             method, round_ = label.split("/")
-            pts = [point(r, p) for r, p in zip(curve["recall"], curve["precision"]) if r > 0]
-            if method == "grabcut":
-                for pt in pts[:1]:
-                    cv2.circle(panel, pt, 5 if round_ == "first" else 3, colors[method], -1)
-            elif pts:
-                cv2.polylines(
-                    panel, [np.array(pts, np.int32)], False, colors[method], 2 if round_ == "first" else 1
+            if method == "grabcut":  # a hard mask: one point, its precision and recall at 0.5
+                half = len(THRESHOLDS) // 2
+                at = point(curve["recall"][half], curve["precision"][half])
+                cv2.circle(
+                    panel, at, 5 if round_ == "first" else 3, colors[method], -1 if round_ == "first" else 1
                 )
+                continue
+            pts = [point(r, p) for r, p in zip(curve["recall"], curve["precision"]) if r > 0]
+            if pts:
+                width = 2 if round_ == "first" else 1
+                cv2.polylines(panel, [np.array(pts, np.int32)], False, colors[method], width)
         cv2.putText(panel, name, (30, 14), cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1)
         panels.append(panel)
     legend = np.full((24, len(panels) * (size + 40), 3), 255, np.uint8)
     for i, (method, color) in enumerate(colors.items()):
         cv2.putText(legend, method, (30 + 160 * i, 16), cv2.FONT_HERSHEY_PLAIN, 1.0, color, 1)
     cv2.putText(
-        legend, "thick: strokes, thin: + correction", (520, 16), cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0), 1
+        legend,
+        "thick, dot: user strokes; thin, ring: + correction",
+        (520, 16),
+        cv2.FONT_HERSHEY_PLAIN,
+        1.0,
+        (0, 0, 0),
+        1,
     )
     cv2.imwrite(str(path), np.concatenate([legend, np.concatenate(panels, 1)], 0))
 
