@@ -534,7 +534,11 @@ def validation_half(out: Path) -> np.ndarray:
     """For each cached validation composite, "select" (picks checkpoints) or "report" (the bench):
     split by source group (a photo, a whole DAVIS sequence), so the numbers a bench reports never chose
     the model they describe."""
-    groups = json.loads((out / "val_source_groups.json").read_text())
+    path = out / "val_source_groups.json"
+    if not path.exists():  # caches rendered before the split by source group
+        raise SystemExit(f"{out} has no {path.name}: it was rendered by an older version; render it again "
+                         "(python -m core.data.harmonization --data ... --out ...).")
+    groups = json.loads(path.read_text())
     return np.array(["select" if zlib.crc32(group.encode()) % 2 == 0 else "report" for group in groups])
 
 
