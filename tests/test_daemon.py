@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -157,22 +156,48 @@ def test_concurrent_clients_get_their_own_results(daemon):
     assert not errors and len(results) == 6 and all(results.values())
 
 
+def finishes(work, guard_s: float = 120.0):
+    """Runs `work` in a thread and returns its result, or fails if it is still running after `guard_s`.
+
+    The jobs below would hold the daemon for an hour if cancelling did not work, so finishing at all is the
+    check; the guard only keeps a broken daemon from hanging the suite (it is not a speed assertion).
+    """
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the test thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(guard_s)
+    assert not thread.is_alive(), "the job was not cancelled: it still holds the daemon"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def test_progress_streams_and_cancel_stops_the_job(daemon):
     client = daemon.client()
     image, _ = sample()
     seen = []
-    started = time.monotonic()
-    with pytest.raises(SemanticError) as info:
-        client.run("echo", {"delay_s": 60}, [to_wire("image", image)],
-                   on_progress=lambda f, t: seen.append(f), should_cancel=lambda: len(seen) >= 3)
-    assert info.value.code is ErrorCode.cancelled
-    assert len(seen) >= 3 and time.monotonic() - started < 30
+
+    def cancelled_run():
+        with pytest.raises(SemanticError) as info:
+            client.run("echo", {"delay_s": 3600}, [to_wire("image", image)],
+                       on_progress=lambda f, t: seen.append(f), should_cancel=lambda: len(seen) >= 3)
+        return info.value.code
+
+    assert finishes(cancelled_run) is ErrorCode.cancelled
+    assert len(seen) >= 3
     assert client.health()["protocol"] == 1
 
 
 def test_client_disconnect_cancels_and_daemon_keeps_serving(daemon):
     image, _ = sample()
-    request = JobRequest("echo", {"delay_s": 60}, {"image": to_wire("image", image)})
+    request = JobRequest("echo", {"delay_s": 3600}, {"image": to_wire("image", image)})
     body = b"".join(bytes(p) for p in encode_frame_parts(request.to_frame()))
     conn = http.client.HTTPConnection("127.0.0.1", daemon.discovery.port, timeout=10)
     conn.request("POST", "/v1/jobs", body=body,
@@ -181,10 +206,9 @@ def test_client_disconnect_cancels_and_daemon_keeps_serving(daemon):
     assert response.status == 200
     response.read(64)
     conn.close()
-    # The next job must not wait 60 s behind the abandoned one.
-    started = time.monotonic()
-    out = run(daemon.client(), "echo", {}, image=image)["image"]
-    assert np.array_equal(out, image) and time.monotonic() - started < 20
+    # The next job must not wait an hour behind the abandoned one.
+    out = finishes(lambda: run(daemon.client(), "echo", {}, image=image)["image"])
+    assert np.array_equal(out, image)
 
 
 def test_idle_exit_removes_discovery(tmp_path):
