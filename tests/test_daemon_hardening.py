@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import http.client
 import http.server
-import importlib
 import json
 import os
 import select
@@ -264,33 +263,10 @@ def test_daemon_starts_over_a_discovery_file_of_the_wrong_type(tmp_path, content
 
 
 @pytest.fixture
-def plugin_link(tmp_path, monkeypatch):
-    """daemon_link imported from a freshly installed plug-in folder: (module, config, state dir)."""
-    state = tmp_path / "state"
-    state.mkdir()
-    command = [sys.executable, "-m", "core", "daemon", "--idle-exit", "60"]
-    folder = install.install_plugin(GimpConfigDir(tmp_path / "gimp", "3.0"), install.plugin_settings(command, state))
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delenv("SEMANTIC_STATE_DIR", raising=False)
-    monkeypatch.delenv("FLATPAK_ID", raising=False)
-    monkeypatch.setenv("SEMANTIC_LOG_DIR", str(tmp_path / "log"))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    for name in ("daemon_link", "semantic_protocol"):
-        sys.modules.pop(name, None)
-    module = importlib.import_module("daemon_link")
-    yield module, module.load_config(), state
-    discovery = state / "daemon.json"
-    try:
-        pid = json.loads(discovery.read_text())["pid"]
-    except (OSError, ValueError, TypeError, KeyError):
-        pid = None
-    if isinstance(pid, int) and pid != os.getpid():
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for name in ("daemon_link", "semantic_protocol"):
-        sys.modules.pop(name, None)
+def plugin_link(link):
+    """The installed plug-in's daemon finder (conftest's `link`): (module, its config, state dir)."""
+    module, _, state = link
+    return module, module.load_config(), state
 
 
 class _Foreign:

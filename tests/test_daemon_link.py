@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,35 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "installer"))
 
-import install  # noqa: E402
 
 from core import __version__  # noqa: E402
-from core.gimp_dirs import GimpConfigDir  # noqa: E402
 from core.protocol import ErrorCode, SemanticError  # noqa: E402
-
-
-@pytest.fixture
-def link(tmp_path, monkeypatch):
-    """daemon_link imported from an installed plug-in folder, with its own config."""
-    state = tmp_path / "state"
-    command = [sys.executable, "-m", "core", "daemon", "--idle-exit", "60"]
-    folder = install.install_plugin(GimpConfigDir(tmp_path / "gimp", "3.0"),
-                                    install.plugin_settings(command, state))
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delenv("SEMANTIC_STATE_DIR", raising=False)
-    monkeypatch.delenv("FLATPAK_ID", raising=False)
-    monkeypatch.setenv("SEMANTIC_LOG_DIR", str(tmp_path / "log"))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    for name in ("daemon_link", "semantic_protocol"):
-        sys.modules.pop(name, None)
-    module = importlib.import_module("daemon_link")
-    yield module, folder, state
-    discovery = state / "daemon.json"
-    if discovery.exists():
-        os.kill(json.loads(discovery.read_text())["pid"], signal.SIGTERM)
-        time.sleep(0.5)
-    for name in ("daemon_link", "semantic_protocol"):
-        sys.modules.pop(name, None)
 
 
 def test_starts_the_daemon_when_none_runs_and_reuses_it(link):
