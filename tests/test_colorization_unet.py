@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.models.colorization_unet import ColorizationUNet, ColorizerConfig, lab_to_inputs
+from core.models.colorization_unet import AB_SCALE, ColorizationUNet, ColorizerConfig, lab_to_inputs
 
 TINY = ColorizerConfig(width=0.125)
 
@@ -23,13 +23,36 @@ def _inputs(n=2, h=32, w=48, seed=0):
 def test_paper_depths_and_blocks():
     model = ColorizationUNet(ColorizerConfig())
     assert [b[0].out_channels for b in model.encoder.blocks] == [32, 64, 128, 256, 512]
-    # decoder: 1024 = 512 gray + 512 map at the bottleneck, then blocks narrowing to 512 … 64
-    assert model.ups[0].in_channels == 1024
+    # Fig. 4: the first convolution of every encoder layer but the first has stride 2 (no pooling)
+    assert [b[0].stride for b in model.encoder.blocks] == [(1, 1)] + [(2, 2)] * 4
+    # decoder: 1024 = 512 gray + 512 map at the bottleneck; each layer starts with a 3×3 transposed conv
+    assert model.ups[0][0].in_channels == 1024
+    assert all(up[0].kernel_size == (3, 3) and up[0].stride == (2, 2) for up in model.ups)
     assert [b[2].out_channels for b in model.blocks] == [512, 256, 128, 64]
     for block in list(model.encoder.blocks) + list(model.blocks):
         assert [type(m) for m in block] == [nn.Conv2d, nn.LeakyReLU] * 2
         assert block[0].kernel_size == (3, 3) and block[1].negative_slope == 0.01
     assert model.head.out_channels == 2 and model.config.huber_delta == 1.0
+
+
+def test_pooled_layout_of_the_first_weights_still_builds():
+    model = ColorizationUNet(ColorizerConfig(width=0.125, sampling="pooled")).eval()
+    assert all(b[0].stride == (1, 1) for b in model.encoder.blocks)
+    assert model.ups[0].kernel_size == (2, 2)
+    gray, sem = _inputs()
+    with torch.no_grad():
+        assert model(gray, sem).shape == (2, 2, 32, 48)
+
+
+def test_huber_delta_is_in_ab_units():
+    """δ = 1 ab unit: a 0.5-unit error is in the quadratic branch, a 20-unit error in the linear one
+    (on ab/110 the same δ would have kept every error quadratic: an L2 loss)."""
+    model = ColorizationUNet(TINY)
+    zero = torch.zeros(1, 2, 1, 1)
+    small = torch.full((1, 2, 1, 1), 0.5 / AB_SCALE)
+    large = torch.full((1, 2, 1, 1), 20 / AB_SCALE)
+    assert model.loss(small, zero).item() == pytest.approx(0.5 * 0.5 ** 2, rel=1e-4)
+    assert model.loss(large, zero).item() == pytest.approx(20 - 0.5, rel=1e-4)
 
 
 def test_output_shape_and_range():
@@ -92,7 +115,7 @@ def test_tiny_overfit_reduces_loss():
     torch.manual_seed(0)
     model = ColorizationUNet(TINY)
     gray, sem = _inputs(1, 32, 32)
-    target = (sem[:, :2] > 0.5).float() - 0.5
+    target = ((sem[:, :2] > 0.5).float() - 0.5) * 0.5
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):

@@ -1,13 +1,28 @@
-"""Train the two-stream colorization U-Net (Ho et al.'s second stage) on photos with semantic maps.
+"""Train the colorizer: the paper's two-stream U-Net, or the head on the frozen pretrained encoder.
 
-    python -m core.training.colorizer --data ../shared/datasets/siftflow/train --out runs/colorizer [--resume]
+Pretrained encoder (the default colorizer) on every colour photo in ../shared/datasets:
+
+    python -m core.training.colorizer --backbone efficientnet-lite0 --data ../shared/datasets \
+        --out runs/colorizer-lite --head bins [--resume]
+    python -m core.training.colorizer --out runs/colorizer-lite --export colorizer-lite0
+
+The photos are split by source group (core.data.colorization): ``train`` trains, ``select`` picks the
+checkpoint (lowest mean ΔE with the segmenter's predicted map), ``heldout`` is left to the bench. Each photo
+gives square views (``--side``², train: the first square and the last one mirrored); the frozen backbone's
+features of the gray view, the segmenter's predicted map (the shipped segmenter's decoder on those same
+features) and the ground-truth map where labels exist are computed ONCE into ``--cache`` and the head
+trains on the cache. Per sample the map is: none (``--drop-map``), the ground truth (half of the labelled
+samples) or the prediction, so the colorizer works with no map, with a user's map and with the
+segmenter's mistakes. ``--head bins`` learns a distribution over ab bins with class rebalancing
+(``--rebalance`` λ, Zhang et al. 2016) and predicts the annealed mean; ``--head regression`` regresses ab
+with Huber δ = 1 ab unit (Eq. 1), the ablation.
+
+The paper's network (Ho et al.) on SIFT Flow, crops = the size it runs at (instance-norm statistics then
+see the same bottleneck in training and inference):
+
+    python -m core.training.colorizer --data ../shared/datasets/siftflow/train --out runs/colorizer \
+        --size 160 --crop 128 [--resume]
     python -m core.training.colorizer --out runs/colorizer --export colorizer-siftflow
-    python -m core.training.colorizer --out runs/colorizer-noin --no-instance-norm   # Fig. 5 ablation
-
-Targets are float CIELab from core.imaging.color, scaled to [-1, 1]; the map stream reads the ground-truth
-label map in its palette rendering. With probability ``--drop-map`` a sample gets an empty map (all
-unlabeled), so the network also colorizes when no map is given and the bench can measure what the map adds.
-Checkpoints, resume and stopping work as in core.training.gridnet.
 """
 
 from __future__ import annotations
@@ -15,16 +30,32 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.colorization.palette import class_colors
+from core.data import colorization as photos
 from core.data.siftflow import cached_arrays, find_classes, random_batch, read_classes
 from core.imaging.color import lab_to_rgb_torch, rgb_to_lab_torch
-from core.models.colorization_unet import AB_SCALE, ColorizationUNet, ColorizerConfig, lab_to_inputs
-from core.training.gridnet import DEFAULT_DATA, cosine_lr, export, save_checkpoint
+from core.models.colorization_unet import (
+    AB_SCALE,
+    BIN_STEP,
+    L_SCALE,
+    ColorizationUNet,
+    ColorizerConfig,
+    ab_grid,
+    lab_to_inputs,
+)
+from core.models.efficientnet_lite import load_pretrained
+from core.training.gridnet import DEFAULT_DATA, cosine_lr, save_checkpoint
+from core.weights import bundled_weights_dir, register_weights, save_tensors
+
+UNKNOWN = 255  # no ground-truth map for this view
+TAP_SHAPES = {"stride4": (24, 4), "stride8": (40, 8), "stride16": (112, 16), "stride32": (320, 32)}
 
 
 def batch_tensors(images: np.ndarray, labels: np.ndarray, palette: torch.Tensor):
@@ -40,6 +71,15 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
     return 10 * torch.log10(1 / mse)
 
+
+def colorfulness_torch(rgb: torch.Tensor) -> torch.Tensor:
+    """Hasler & Süsstrunk (2003) per image of N×3×H×W RGB in [0, 1], on the 0–255 scale."""
+    r, g, b = (rgb[:, i].flatten(1) * 255 for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return torch.hypot(rg.std(1), yb.std(1)) + 0.3 * torch.hypot(rg.mean(1), yb.mean(1))
+
+
+# ---------------------------------------------------------------- the paper's network on SIFT Flow
 
 @torch.no_grad()
 def evaluate(model: ColorizationUNet, images: np.ndarray, labels: np.ndarray, palette: torch.Tensor,
@@ -59,43 +99,17 @@ def evaluate(model: ColorizationUNet, images: np.ndarray, labels: np.ndarray, pa
     return {k: v / len(images) for k, v in sums.items()}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=DEFAULT_DATA, help="split folder with images/ and labels/")
-    p.add_argument("--classes", default=None, help="classes.txt (default: beside --data)")
-    p.add_argument("--out", default="runs/colorizer")
-    p.add_argument("--cache", default="runs/colorization/cache")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--size", type=int, default=128, help="images are resized to size×size")
-    p.add_argument("--crop", type=int, default=96)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--steps", type=int, default=4000, help="total steps (cosine schedule length)")
-    p.add_argument("--minutes", type=float, default=1e9, help="stop this run after so many minutes")
-    p.add_argument("--width", type=float, default=0.5, help="depth multiplier; 1.0 = paper (28 MB fp16)")
-    p.add_argument("--no-instance-norm", action="store_true", help="ablation: no IN on the gray stream")
-    p.add_argument("--drop-map", type=float, default=0.15)
-    p.add_argument("--val-every", type=int, default=250)
-    p.add_argument("--val-percent", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--export", metavar="ID", help="write best.pt as weights/<ID>.safetensors and register it")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def train_paper(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    if args.export:
-        export(out, args.export, "colorizer")
-        return
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     classes = read_classes(args.classes or find_classes(args.data))
     palette = torch.from_numpy(class_colors(classes.count).astype(np.float32) / 255)
     train_x, train_y, _ = cached_arrays(args.data, "train", args.size, args.cache, args.val_percent)
     val_x, val_y, _ = cached_arrays(args.data, "val", args.size, args.cache, args.val_percent)
     train_x, train_y = np.asarray(train_x), np.asarray(train_y)
+    # checkpoints are picked on the centre crop at the size the pipeline runs the model at
+    lo = (args.size - args.crop) // 2
+    val_x = np.ascontiguousarray(np.asarray(val_x)[:, lo:lo + args.crop, lo:lo + args.crop])
+    val_y = np.ascontiguousarray(np.asarray(val_y)[:, lo:lo + args.crop, lo:lo + args.crop])
     config = ColorizerConfig(width=args.width, instance_norm=not args.no_instance_norm)
     model = ColorizationUNet(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -137,13 +151,339 @@ def main(argv=None) -> None:
             log.write(json.dumps(record) + "\n")
             log.flush()
             common = {"config": config.to_dict(), "classes": list(classes.names), "args": vars(args),
-                      "step": step, "elapsed_s": elapsed}
+                      "step": step, "elapsed_s": elapsed, "input_size": args.crop}
             score = -metrics["loss"]
             if score > best_score:
                 best_score = score
                 save_checkpoint(out / "best.pt", model=model.state_dict(), metrics=metrics, **common)
             save_checkpoint(out / "last.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
                             best_score=best_score, **common)
+
+
+# ---------------------------------------------------------------- the pretrained encoder's head
+
+@dataclass
+class ViewCache:
+    """One split's views: RGB, predicted and ground-truth maps, the frozen encoder's features."""
+    rgb: np.ndarray  # N×S×S×3 uint8
+    predicted: np.ndarray  # N×S×S uint8 class ids
+    truth: np.ndarray  # N×S×S uint8 class ids, UNKNOWN where the photo has no labels
+    features: dict[str, np.ndarray]  # tap → N×C×h×w float16
+    source: np.ndarray  # N int8 index into photos.SOURCES
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+
+def _views(split: str) -> tuple[bool, ...]:
+    return (False, True) if split == "train" else (False,)
+
+
+def build_cache(data: str, split: str, side: int, directory: Path, backbone_model: ColorizationUNet,
+                segmenter, person_id: int, limit: int = 0) -> ViewCache:
+    """Compute the split's views once (1 thread: ~50 ms a view); reopen them read-only afterwards."""
+    directory = directory / f"{split}-{side}"
+    done = directory / "done.json"
+    if not done.exists():
+        listed = photos.list_colour_photos(data, split)
+        if limit:
+            listed = listed[:limit]
+        count = len(listed) * len(_views(split))
+        directory.mkdir(parents=True, exist_ok=True)
+
+        def new(name, shape, dtype):
+            return np.lib.format.open_memmap(directory / f"{name}.npy", "w+", dtype, (count, *shape))
+
+        rgb_out, pred_out = new("rgb", (side, side, 3), np.uint8), new("predicted", (side, side), np.uint8)
+        truth_out, source_out = new("truth", (side, side), np.uint8), new("source", (), np.int8)
+        feats_out = {tap: new(tap, (c, -(-side // s), -(-side // s)), np.float16)
+                     for tap, (c, s) in TAP_SHAPES.items()}
+        names = list(photos.SOURCES)
+        index, started = 0, time.time()
+        for n, photo in enumerate(listed):
+            rgb = photos.read_photo(photo)
+            raw_label = np.zeros(rgb.shape[:2], np.uint8)
+            for last in _views(split):
+                view, _ = photos.square_view(rgb, [raw_label], side, last)
+                lab = rgb_to_lab_torch(torch.from_numpy(view).permute(2, 0, 1)[None].float() / 255)
+                gray = (lab[:, :1] / L_SCALE - 1).expand(-1, 3, -1, -1)
+                with torch.no_grad():
+                    features = backbone_model.backbone_features(gray)
+                    logits = segmenter.model.decoder({t: features[t] for t in ("stride8", "stride16", "stride32")})
+                    logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+                predicted = (logits[0, 1:].argmax(0) + 1).numpy().astype(np.uint8)
+                truth = _view_truth(photo, rgb, predicted, side, last, person_id)
+                rgb_out[index], pred_out[index], source_out[index] = view, predicted, names.index(photo.source)
+                truth_out[index] = UNKNOWN if truth is None else truth
+                for tap in TAP_SHAPES:
+                    feats_out[tap][index] = features[tap][0].numpy().astype(np.float16)
+                index += 1
+            if n % 200 == 0:
+                print(f"cache {split}: {n}/{len(listed)} photos, {time.time() - started:.0f} s", flush=True)
+        for array in (rgb_out, pred_out, truth_out, source_out, *feats_out.values()):
+            array.flush()
+        done.write_text(json.dumps({"views": count, "photos": len(listed), "side": side}))
+
+    def load(name):
+        return np.load(directory / f"{name}.npy", mmap_mode="r")
+
+    return ViewCache(load("rgb"), load("predicted"), load("truth"), {tap: load(tap) for tap in TAP_SHAPES},
+                     load("source"))
+
+
+def _view_truth(photo, rgb, predicted_view, side, last, person_id):
+    """The ground-truth map of the view (None without labels); people photos: mask + prediction."""
+    if photo.label is None:
+        return None
+    if photo.label_kind == "classes":
+        full = photos.ground_truth_map(photo, np.zeros(rgb.shape[:2], np.uint8), person_id)
+        return photos.square_view(rgb, [full], side, last)[1][0]
+    mask = photos.person_mask(photo).astype(np.uint8)
+    mask_view = photos.square_view(rgb, [mask], side, last)[1][0]
+    rest = np.where(predicted_view == person_id, 0, predicted_view)
+    return np.where(mask_view > 0, person_id, rest).astype(np.uint8)
+
+
+@dataclass
+class BinCoding:
+    centers: torch.Tensor  # Q×2 ab
+    lookup: torch.Tensor  # 529 grid cells → nearest kept bin
+    weights: torch.Tensor  # Q rebalancing weights, E_prior[w] = 1
+
+
+def bin_coding(train: ViewCache, rebalance: float, sample_views: int = 2000) -> BinCoding:
+    """The ab bins the training photos use, and Zhang et al.'s rebalancing weights
+    w ∝ ((1 − λ) p̃ + λ/Q)⁻¹ with p̃ the Gaussian-smoothed (σ = 5 ab) bin frequency."""
+    grid = ab_grid()
+    counts = torch.zeros(len(grid))
+    step = max(1, len(train) // sample_views)
+    for i in range(0, len(train), step * 64):
+        idx = np.arange(i, min(len(train), i + step * 64), step)
+        rgb = torch.from_numpy(np.asarray(train.rgb[idx])).permute(0, 3, 1, 2).float() / 255
+        cells = _grid_cells(rgb_to_lab_torch(rgb)[:, 1:])
+        counts += torch.bincount(cells.reshape(-1), minlength=len(grid)).float()
+    kept = counts > 0
+    centers = grid[kept]
+    distance = torch.cdist(grid, centers)
+    lookup = distance.argmin(1)
+    prior = counts[kept] / counts.sum()
+    smooth = torch.exp(-torch.cdist(centers, centers) ** 2 / (2 * 5.0 ** 2))
+    prior = smooth @ prior
+    prior = prior / prior.sum()
+    weights = 1 / ((1 - rebalance) * prior + rebalance / len(centers))
+    weights = weights / (prior * weights).sum()
+    return BinCoding(centers, lookup, weights)
+
+
+def _grid_cells(ab: torch.Tensor) -> torch.Tensor:
+    """N×2×H×W ab → N×H×W index of the nearest 10-unit grid cell (ab_grid's order)."""
+    axis = int(round(220 / BIN_STEP)) + 1
+    ia = ((ab[:, 0] + 110) / BIN_STEP).round().clamp(0, axis - 1).long()
+    ib = ((ab[:, 1] + 110) / BIN_STEP).round().clamp(0, axis - 1).long()
+    return ia * axis + ib
+
+
+def soft_targets(ab: torch.Tensor, coding: BinCoding, bins: int, pool: int) -> torch.Tensor:
+    """N×2×H×W ab → N×Q×(H/pool)×(W/pool): each output cell's fraction of pixels per bin."""
+    n, _, h, w = ab.shape
+    q = coding.lookup[_grid_cells(ab)]  # N×H×W
+    hs, ws = h // pool, w // pool
+    ys = torch.arange(h)[:, None] // pool
+    xs = torch.arange(w)[None, :] // pool
+    cell = (ys * ws + xs).expand(h, w)
+    flat = (torch.arange(n)[:, None, None] * bins + q) * (hs * ws) + cell
+    counts = torch.zeros(n * bins * hs * ws)
+    counts.index_add_(0, flat.reshape(-1), torch.ones(flat.numel()))
+    return counts.view(n, bins, hs, ws) / (pool * pool)
+
+
+def _batch(cache: ViewCache, idx: np.ndarray, classes: int, rng: np.random.Generator | None,
+           drop_map: float, truth_share: float, condition: str = "train"):
+    """Cached views → (features, L/50−1 at stride 4, map fractions at stride 4, Lab at full size)."""
+    idx = np.sort(idx)
+    features = {tap: torch.from_numpy(np.asarray(cache.features[tap][idx])).float() for tap in TAP_SHAPES}
+    rgb = torch.from_numpy(np.asarray(cache.rgb[idx])).permute(0, 3, 1, 2).float() / 255
+    lab = rgb_to_lab_torch(rgb)
+    predicted = torch.from_numpy(np.asarray(cache.predicted[idx])).long()
+    truth = torch.from_numpy(np.asarray(cache.truth[idx])).long()
+    has_truth = (truth != UNKNOWN).flatten(1).all(1)
+    if condition == "train":
+        draw = torch.from_numpy(rng.random((len(idx), 2)))
+        use_truth = has_truth & (draw[:, 0] < truth_share)
+        ids = torch.where(use_truth[:, None, None], truth.clamp_max(classes - 1), predicted)
+        no_map = draw[:, 1] < drop_map
+    else:
+        ids = truth.clamp_max(classes - 1) if condition == "truth" else predicted
+        no_map = torch.full((len(idx),), condition == "none")
+    ids = ids.masked_fill(no_map[:, None, None], 0)
+    size4 = features["stride4"].shape[-2:]
+    onehot = F.one_hot(ids, classes).permute(0, 3, 1, 2).float()
+    onehot4 = F.adaptive_avg_pool2d(onehot, size4)
+    lightness4 = F.adaptive_avg_pool2d(lab[:, :1] / L_SCALE - 1, size4)
+    return features, lightness4, onehot4, lab
+
+
+@torch.no_grad()
+def evaluate_views(model: ColorizationUNet, cache: ViewCache, classes: int, batch: int = 32) -> dict:
+    """Mean ΔE (CIE76) and colorfulness ratio to the originals, per map condition, on cached views."""
+    model.eval()
+    result = {}
+    labelled = np.flatnonzero(np.asarray(cache.truth[:, 0, 0]) != UNKNOWN)
+    for condition, indices in (("predicted", np.arange(len(cache))), ("none", np.arange(len(cache))),
+                               ("truth", labelled)):
+        de, cf, cf_ref = [], [], []
+        for i in range(0, len(indices), batch):
+            features, lightness4, onehot4, lab = _batch(cache, indices[i:i + batch], classes, None, 0, 0,
+                                                        condition)
+            ab = model.to_ab(model.decode(features, lightness4, onehot4))
+            ab = F.interpolate(ab, size=lab.shape[-2:], mode="bilinear", align_corners=False).clamp(-1, 1)
+            out = torch.cat([lab[:, :1], ab * AB_SCALE], 1)
+            rgb_out = lab_to_rgb_torch(out).clamp(0, 1)
+            back = rgb_to_lab_torch(rgb_out)  # ΔE of the displayable image, as the bench measures it
+            de.append((back - lab).norm(dim=1).flatten(1).mean(1))
+            cf.append(colorfulness_torch(rgb_out))
+            cf_ref.append(colorfulness_torch(lab_to_rgb_torch(lab).clamp(0, 1)))
+        if de:
+            result[f"delta_e_{condition}"] = float(torch.cat(de).mean())
+            result[f"colorfulness_ratio_{condition}"] = float(torch.cat(cf).mean() / torch.cat(cf_ref).mean())
+    model.train()
+    return result
+
+
+def train_pretrained(args: argparse.Namespace) -> None:
+    from core.colorization.pipeline import load_segmenter
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    segmenter = load_segmenter(torch.device("cpu"))
+    classes = list(segmenter.classes)
+    person_id = classes.index("person")
+    probe = ColorizationUNet(ColorizerConfig(backbone=args.backbone, map_classes=len(classes)))
+    probe.backbone.load_state_dict(load_pretrained().state_dict(), strict=False)
+    cache_dir = Path(args.cache)
+    train_cache = build_cache(args.data, "train", args.side, cache_dir, probe, segmenter, person_id, args.limit)
+    select_cache = build_cache(args.data, "select", args.side, cache_dir, probe, segmenter, person_id,
+                               args.limit)
+    coding = bin_coding(train_cache, args.rebalance)
+    config = ColorizerConfig(backbone=args.backbone, map_classes=len(classes), head=args.head,
+                             ab_bins=len(coding.centers) if args.head == "bins" else 0)
+    model = ColorizationUNet(config)
+    model.backbone.load_state_dict(probe.backbone.state_dict())
+    if args.head == "bins":
+        model.ab_centers.copy_(coding.centers)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=args.lr)
+    step, elapsed, best_score = 0, 0.0, -float("inf")
+    rng = np.random.default_rng(args.seed)
+    if args.resume and (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, best_score = state["step"], state["elapsed_s"], state["best_score"]
+        rng = np.random.default_rng([args.seed, step])
+        print(f"resumed at step {step}")
+    print(f"{len(train_cache)} train / {len(select_cache)} select views, {len(coding.centers)} ab bins, "
+          f"{sum(p.numel() for p in trainable) / 1e6:.2f} M trained parameters", flush=True)
+    log = open(out / "log.jsonl", "a")
+    started, running = time.time(), []
+    model.train()
+    while step < args.steps and (time.time() - started) < args.minutes * 60:
+        t0 = time.time()
+        idx = rng.choice(len(train_cache), args.batch, replace=False)
+        features, lightness4, onehot4, lab = _batch(train_cache, idx, len(classes), rng, args.drop_map,
+                                                    args.truth_share)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(args.lr, step, args.steps)
+        output = model.decode(features, lightness4, onehot4)
+        if args.head == "bins":
+            target = soft_targets(lab[:, 1:], coding, len(coding.centers), 4)
+            weight = torch.einsum("nqhw,q->nhw", target, coding.weights)
+            loss = (weight * -(target * F.log_softmax(output, 1)).sum(1)).mean()
+        else:
+            ab4 = F.avg_pool2d(lab[:, 1:], 4) / AB_SCALE
+            loss = model.loss(output, ab4)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        elapsed += time.time() - t0
+        running.append(loss.item())
+        if step % args.val_every == 0 or step == args.steps:
+            metrics = evaluate_views(model, select_cache, len(classes))
+            record = {"step": step, "train_loss": float(np.mean(running)), "elapsed_s": round(elapsed), **metrics}
+            running = []
+            print(json.dumps(record), flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            common = {"config": config.to_dict(), "classes": classes, "args": vars(args), "step": step,
+                      "elapsed_s": elapsed, "input_size": args.side,
+                      "data": {"train_views": len(train_cache), "select_views": len(select_cache)}}
+            score = -metrics["delta_e_predicted"]
+            if score > best_score:
+                best_score = score
+                save_checkpoint(out / "best.pt", model=model.state_dict(), metrics=metrics, **common)
+            save_checkpoint(out / "last.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            best_score=best_score, **common)
+
+
+def export(out: Path, weight_id: str) -> Path:
+    """best.pt → fp16 weights file (the frozen backbone included: the pipeline loads one file strictly)
+    + manifest entry; the model card is written by hand from the bench."""
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    path = bundled_weights_dir() / f"{weight_id}.safetensors"
+    meta = {"model": "colorizer", "config": json.dumps(best["config"]), "metrics": json.dumps(best["metrics"]),
+            "step": str(best["step"])}
+    save_tensors(path, best["model"], metadata=meta)
+    config = dict(best["config"], classes=best["classes"],
+                  input_size=best.get("input_size", best["args"].get("crop")))
+    register_weights(path, weight_id, "colorizer", config, card=f"{weight_id}.md")
+    print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB) step {best['step']}: {best['metrics']}")
+    return path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="", choices=["", "efficientnet-lite0"],
+                   help="'' = the paper's U-Net; efficientnet-lite0 = head on the frozen pretrained encoder")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="paper: SIFT Flow split folder; pretrained: the datasets folder (../shared/datasets)")
+    p.add_argument("--classes", default=None, help="classes.txt (default: beside --data)")
+    p.add_argument("--out", default="runs/colorizer")
+    p.add_argument("--cache", default="runs/colorization/cache")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--size", type=int, default=160, help="paper: images are resized to size×size")
+    p.add_argument("--crop", type=int, default=128, help="paper: training crop = the size it runs at")
+    p.add_argument("--side", type=int, default=192, help="pretrained: view side = the size it runs at")
+    p.add_argument("--head", default="bins", choices=["bins", "regression"])
+    p.add_argument("--rebalance", type=float, default=0.5, help="λ of the bins' class rebalancing")
+    p.add_argument("--truth-share", type=float, default=0.5, help="labelled samples given the true map")
+    p.add_argument("--limit", type=int, default=0, help="pretrained: at most so many photos per split")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=4000, help="total steps (cosine schedule length)")
+    p.add_argument("--minutes", type=float, default=1e9, help="stop this run after so many minutes")
+    p.add_argument("--width", type=float, default=0.5, help="paper: depth multiplier; 1.0 = 28 MB fp16")
+    p.add_argument("--no-instance-norm", action="store_true", help="paper: no IN on the gray stream")
+    p.add_argument("--drop-map", type=float, default=0.15)
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--val-percent", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", metavar="ID", help="write best.pt as weights/<ID>.safetensors and register it")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.export:
+        export(Path(args.out), args.export)
+        return
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.backbone:
+        train_pretrained(args)
+    else:
+        train_paper(args)
 
 
 if __name__ == "__main__":

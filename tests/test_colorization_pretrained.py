@@ -1,0 +1,120 @@
+"""The colorizer on the frozen pretrained encoder: interface shared with the paper's U-Net, the map
+changes the colours, the annealed mean over ab bins, the training targets, the split by source group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.colorization.palette import map_input
+from core.data import colorization as photos
+from core.models.colorization_unet import AB_SCALE, ColorizationUNet, ColorizerConfig, ab_grid
+from core.training.colorizer import BinCoding, soft_targets
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def _model(head="bins", bins=4, seed=0) -> ColorizationUNet:
+    torch.manual_seed(seed)
+    config = ColorizerConfig(backbone="efficientnet-lite0", map_classes=6, head=head,
+                             ab_bins=bins if head == "bins" else 0)
+    model = ColorizationUNet(config)
+    if head == "bins":
+        model.ab_centers.copy_(torch.tensor([[-60.0, 0.0], [60.0, 0.0], [0.0, 60.0], [0.0, -60.0]]))
+    return model.eval()
+
+
+def _gray(h=64, w=96, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, 1, h, w, generator=g) * 2 - 1).expand(1, 3, h, w).contiguous()
+
+
+def test_interface_shape_range_and_frozen_backbone():
+    model = _model()
+    gray = _gray()
+    with torch.no_grad():
+        ab = model(gray, torch.zeros_like(gray))
+    assert ab.shape == (1, 2, 64, 96) and ab.abs().max() <= 1
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    model.train()
+    assert not model.backbone.training  # ImageNet BatchNorm statistics stay
+    assert "backbone._fc.weight" not in model.state_dict()  # the classifier end is not shipped
+
+
+def test_palette_rendering_reads_back_as_class_ids():
+    model = _model()
+    ids = np.array([[0, 1, 2], [3, 4, 5]])
+    semantic = torch.from_numpy(map_input(ids, 6)).permute(2, 0, 1)[None]
+    onehot = model.map_onehot(semantic)
+    assert torch.equal(onehot.argmax(1)[0], torch.from_numpy(ids))
+
+
+def test_a_changed_map_changes_the_colours_where_changed():
+    model = _model(seed=1)
+    with torch.no_grad():  # a trained-looking map embedding: classes far apart
+        model.map_embed.weight.normal_(0, 3.0)
+    gray = _gray()
+    ids = np.zeros((64, 96), np.int64)
+    ids[:, :48] = 2
+    before = torch.from_numpy(map_input(ids, 6)).permute(2, 0, 1)[None]
+    ids[:, :48] = 4
+    after = torch.from_numpy(map_input(ids, 6)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        a, b = model(gray, before), model(gray, after)
+    assert (a - b).abs()[..., :40].mean() * AB_SCALE > 0.1
+    assert (a - b).abs()[..., :40].mean() > (a - b).abs()[..., 80:].mean()
+
+
+def test_annealed_mean_lies_between_the_bins_and_sharpens_with_temperature():
+    model = _model()
+    logits = torch.tensor([2.0, 1.0, 0.0, 0.0]).view(1, 4, 1, 1)
+    ab = model.to_ab(logits)[0, :, 0, 0] * AB_SCALE
+    assert -60 < ab[0] < 0  # pulled toward the likeliest bin, (-60, 0)
+    mean = torch.softmax(logits, 1)[0, :, 0, 0] @ model.ab_centers
+    assert ab[0] < mean[0]  # T = 0.38 < 1: more saturated than the plain mean
+
+
+def test_soft_targets_are_bin_fractions_per_output_cell():
+    grid = ab_grid()
+    centers = torch.tensor([[0.0, 0.0], [50.0, 20.0]])
+    coding = BinCoding(centers, torch.cdist(grid, centers).argmin(1), torch.ones(2))
+    ab = torch.zeros(1, 2, 8, 8)
+    ab[0, 0, :4, :2], ab[0, 1, :4, :2] = 52.0, 18.0  # a quarter of the first 4×4 cell is (50, 20)
+    target = soft_targets(ab, coding, 2, 4)
+    assert target.shape == (1, 2, 2, 2)
+    assert torch.allclose(target.sum(1), torch.ones(1, 2, 2))
+    assert target[0, 1, 0, 0].item() == pytest.approx(0.5) and target[0, 1, 1, 1] == 0
+
+
+def test_split_keeps_a_davis_sequence_together_and_is_disjoint():
+    if not (DATASETS / "davis").is_dir():
+        pytest.skip("../shared/datasets not present")
+    splits = {s: photos.list_colour_photos(DATASETS, s, ("davis", "kodak24")) for s in
+              ("train", "select", "heldout")}
+    sequence_split = {}
+    for split, listed in splits.items():
+        for photo in listed:
+            if photo.source == "davis":
+                sequence = photos.group_of("davis", photo.image)
+                assert sequence_split.setdefault(sequence, split) == split
+    names = [p.image for listed in splits.values() for p in listed]
+    assert len(names) == len(set(names)) == 183 + 24
+
+
+def test_people_ground_truth_map_is_the_mask_with_prediction_elsewhere():
+    if not (DATASETS / "people" / "ccp").is_dir():
+        pytest.skip("../shared/datasets not present")
+    photo = photos.list_colour_photos(DATASETS, "heldout", ("ccp",))[0]
+    rgb = photos.read_photo(photo)
+    mask = photos.person_mask(photo)
+    predicted = np.full(rgb.shape[:2], 28, np.uint8)  # 'sky' everywhere …
+    predicted[:5] = 18  # … and a stray 'person' band outside the mask
+    truth = photos.ground_truth_map(photo, predicted, 18)
+    assert np.array_equal(truth == 18, mask)
+    assert set(np.unique(truth[~mask])) <= {0, 28}
+    skin = photos.skin_mask(photo)
+    assert skin is not None and (skin & ~mask).sum() == 0
