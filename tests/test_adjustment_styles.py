@@ -67,14 +67,23 @@ def test_slic_makes_compact_superpixels_and_watercolor_is_deterministic():
     a, b = styles.watercolor(rgb, mask), styles.watercolor(rgb, mask)
     assert np.array_equal(a, b)
     assert not np.allclose(a, styles.pop_out(rgb, mask), atol=0.02), "the brush effect must show"
+    # the brush is the fixed part the network does not learn: the target is the colour part of the brushed photo
+    brushed = styles.network_input("watercolor", rgb)
+    assert np.array_equal(a, styles.watercolor_colour(brushed, mask))
+    assert np.array_equal(styles.network_input("pop-out", rgb), rgb)
+    # its colour part is its own, not Pop-Out's: a pale, lighter ground instead of a darker one
+    ground = np.zeros((64, 96), bool)
+    ground[:8] = True
+    l_in = rgb_to_lab(brushed)[..., 0][ground].mean()
+    assert rgb_to_lab(a)[..., 0][ground].mean() > l_in + 5
+    assert rgb_to_lab(styles.pop_out(brushed, mask))[..., 0][ground].mean() < l_in - 3
 
 
-def test_bsds_foreground_prefers_objects_off_the_border():
-    segments = np.zeros((50, 70), np.int64)
-    segments[10:30, 20:45] = 3  # object in the middle
-    segments[40:, :] = 5  # ground along the bottom border
-    fg = styles.bsds_foreground(segments)
-    assert fg[20, 30] == 1 and fg[45, 10] == 0 and fg[2, 2] == 0
+def test_brush_on_a_large_photo_finds_superpixels_on_a_smaller_copy():
+    rgb = photo(300, 1100)
+    out = styles.superpixel_brush(rgb, max_side=256)
+    assert out.shape == rgb.shape
+    assert np.array_equal(out, styles.superpixel_brush(rgb, max_side=256))
 
 
 def test_split_is_stable_and_takes_about_the_stated_share():
@@ -82,6 +91,9 @@ def test_split_is_stable_and_takes_about_the_stated_share():
     held = [k for k in keys if styles.is_held_out(k)]
     assert abs(len(held) / len(keys) - styles.HELD_OUT_PERCENT / 100) < 0.03
     assert held == [k for k in keys if styles.is_held_out(k)]
+    select = [k for k in keys if styles.split_of(k) == "select"]
+    assert abs(len(select) / len(keys) - styles.SELECT_PERCENT / 100) < 0.03
+    assert not set(select) & set(held), "checkpoints are never picked on the bench's photos"
 
 
 def test_paired_folder_layout(tmp_path):
@@ -106,15 +118,20 @@ def test_unknown_style_is_a_clear_error(tmp_path):
 @pytest.mark.skipif(not (DATASETS / "davis").is_dir(), reason="../shared/datasets/davis not present")
 def test_generated_pairs_from_the_datasets():
     samples = styles.list_samples(DATASETS, "pop-out")
-    assert {s.kind for s in samples} == {"davis", "bsds"}
-    held = {s.key for s in samples if styles.is_held_out(s.key)}
-    assert any(k.startswith("davis/") for k in held), "some DAVIS sequences must be held out"
+    sources = {s.key.split("/")[0] for s in samples}
+    assert sources == {"davis", "coco128-seg", "ccp", "photos-with-masks"}, "real object masks only"
+    assert all(s.kind == "mask" and s.annotation != s.image for s in samples)
+    for split in styles.SPLITS:
+        assert any(styles.split_of(s.key) == split for s in samples)
     # DAVIS frames of one sequence are near-duplicates: a sequence is wholly in one split
     by_sequence = {}
     for s in samples:
-        if s.kind == "davis":
-            by_sequence.setdefault(s.key, set()).add(styles.is_held_out(s.key))
-    assert all(len(v) == 1 for v in by_sequence.values())
-    sample = next(s for s in samples if s.kind == "bsds")
-    rgb, mask = styles.load_sample(sample)
+        if s.key.startswith("davis/"):
+            by_sequence.setdefault(s.key, set()).add(styles.split_of(s.key))
+    assert len(by_sequence) == 15 and all(len(v) == 1 for v in by_sequence.values())
+    rgb, mask = styles.load_sample(next(s for s in samples if s.key.startswith("photos-with-masks/")))
     assert mask.shape == rgb.shape[:2] and 0 < mask.mean() < 1
+    # scene-parsing labels come from SIFT Flow photos that Local Xpro does not use
+    parse = {s.key for s in styles.parse_samples(DATASETS)}
+    xpro = {s.key for s in styles.list_samples(DATASETS, "xpro")}
+    assert len(parse) > 300 and not parse & xpro

@@ -5,23 +5,34 @@ Inputs: ``image`` (H×W×C); optionally the user's map, either ``preset_weights`
 the style's model, any pixel type; channel i is how strongly preset i is painted at a pixel) or one
 H×W×1 array ``preset_<i>`` per painted preset (what the GIMP plug-in sends: one per channel). Where the
 weights sum to s > 0 the map becomes min(1, s) · (weights / s) + (1 − min(1, s)) · predicted map;
-elsewhere the predicted map is kept, so the output changes only where the user painted.
+elsewhere the predicted map is kept, so the output changes only where the user painted. The predicted map
+is discrete (each pixel one preset, the argmax of Eq. 3), so the exported map given back unchanged
+reproduces the automatic result bit for bit.
+
+Watercolor's brush is a fixed procedure (``adjustment_styles.superpixel_brush``), applied to the photo
+before the network, which learned that style's colour part.
 
 Params: ``style`` (pop-out, xpro, watercolor), ``head`` ("map": the semantic-adjustment-map model,
 needed for personal maps; "direct": Eq. 2 with the continuous context feature), ``return_map``.
 Outputs: ``image`` (same size, pixel type and alpha); with ``return_map`` also the map that was used:
-``preset_<k>`` (H×W×1 u8, p(k | x) · 255, one per preset) and ``preset_index`` (H×W×1 u8, argmax).
+``preset_<k>`` (H×W×1 u8, 255 where preset k applies, one per preset), ``preset_index`` (H×W×1 u8, the
+preset per pixel) and ``preset_names`` (1×n×1 u8: UTF-8 JSON list of K strings saying what each preset
+does, measured on the select split when the weights were exported, e.g. "brighter, more saturated").
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
 
 from core.actions.base import Action, Arrays, JobContext
 from core.actions.inputs import get_bool, get_choice, require_image
+from core.data.adjustment_styles import network_input
 from core.imaging.color import lab_to_rgb_torch, rgb_to_lab_torch
 from core.imaging.io import from_float, split_alpha, to_float
+from core.models.efficientnet_lite import load_pretrained
 from core.models.sa_adjustnet import SAAdjustConfig, adjust_lab, load_trained
 from core.protocol import ErrorCode, SemanticError, bad_input
 from core.weights import Manifest
@@ -35,17 +46,32 @@ def weight_id(style: str) -> str:
 
 
 def load_model(style: str, device: torch.device):
-    """(SA-AdjustNet, global baseline) of a style from the verified weights in the manifest."""
+    """(SA-AdjustNet, global baseline) of a style from the verified weights in the manifest (and, for the
+    Lite0 variant, the shared pretrained backbone's own file)."""
     manifest = Manifest.load()
     entry = manifest.entry(weight_id(style))
     state = manifest.load_state_dict(weight_id(style))
+    config = SAAdjustConfig.from_dict(entry.config)
+    backbone = load_pretrained(manifest) if config.backbone == "lite0" else None
     try:
-        model, baseline = load_trained(state, SAAdjustConfig.from_dict(entry.config))
+        model, baseline = load_trained(state, config, backbone)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise SemanticError(ErrorCode.weights_corrupt,
                             f"The weights for style '{style}' do not fit this version of the model ({exc}). "
                             "Re-run the installer.") from None
     return model.to(device), baseline.to(device)
+
+
+def preset_names(style: str, presets: int) -> list[str]:
+    """What each preset does, in words, from the weights' manifest entry ("" where it was not measured)."""
+    effects = Manifest.load().entry(weight_id(style)).config.get("preset_effects") or []
+    names = [str(e.get("words", "")) if isinstance(e, dict) else "" for e in effects[:presets]]
+    return names + [""] * (presets - len(names))
+
+
+def text_array(value) -> np.ndarray:
+    """JSON as a 1×n×1 u8 array, the way text travels among the image arrays."""
+    return np.frombuffer(json.dumps(value).encode(), np.uint8).reshape(1, -1, 1).copy()
 
 
 def user_map(weights: np.ndarray, like: np.ndarray, presets: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,8 +130,13 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
         if head != "map":
             raise bad_input("A personal adjustment map needs head 'map' (the semantic-adjustment-map model).")
         mine, coverage = user_map(painted, image, model.config.presets)
-    rgb = torch.from_numpy(to_float(color).copy())
-    lab = rgb_to_lab_torch(rgb, dim=-1)
+    rgb_np = to_float(color).copy()
+    if gray:
+        rgb_np = np.repeat(rgb_np[..., :1], 3, axis=2)
+    if style == "watercolor":
+        ctx.report(0.05, "Watercolor brush")
+        rgb_np = np.ascontiguousarray(network_input(style, rgb_np), dtype=np.float32)
+    lab = rgb_to_lab_torch(torch.from_numpy(rgb_np), dim=-1)
     ctx.report(0.1, "Adjusting")
     try:
         adjusted = adjust_lab(model, lab, head=head, user_map=mine, user_coverage=coverage,
@@ -126,6 +157,7 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
         for k in range(levels.shape[2]):
             outputs[f"preset_{k}"] = levels[..., k:k + 1]
         outputs["preset_index"] = probabilities.argmax(-1, keepdim=True).numpy().astype(np.uint8)
+        outputs["preset_names"] = text_array(preset_names(style, model.config.presets))
     ctx.report(1.0, "Done")
     return outputs
 

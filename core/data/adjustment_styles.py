@@ -7,10 +7,10 @@ describes them, each a fixed, documented function of the photo and its annotatio
 **Foreground Pop-Out** (``pop-out``): salient foreground objects gain contrast (×1.35 around the
 foreground's mean L), brightness (+4 L) and saturation (chroma ×1.4); the background loses contrast
 (×0.7 around its mean L), brightness (−6 L) and saturation (chroma ×0.45). The two are blended with the
-object mask feathered by a Gaussian of σ = 1 % of the image diagonal. Masks: ``davis/train/masks``
-(0/255 object masks) and ``bsds500`` segmentations, where the foreground is every segment of the first
-annotator that covers ≥ 1 % of the image and touches ≤ 10 % of the image border (if none does, the
-segment nearest the centre).
+object mask feathered by a Gaussian of σ = 1 % of the image diagonal. Foregrounds are real object masks
+drawn by people: ``davis/train/masks`` (DAVIS 2016 objects), ``people/coco128-seg/masks`` (people in COCO
+scenes), ``people/ccp/masks`` (street-fashion photos; a third of them, picked by hash, so one source does
+not swamp the others) and ``harmonization/photos-with-masks`` (HFlickr objects).
 
 **Local Xpro** (``xpro``): a cross-processing look — per-channel sRGB curves: red and green S-curves,
 blue compressed to [0.12, 0.88] (blue shadows, yellow highlights) — then a brightness / contrast /
@@ -19,11 +19,18 @@ built structures, terrain, living things and vehicles; unlabeled pixels keep the
 colour), blended with class masks feathered by σ = 0.5 % of the diagonal. See ``XPRO_PROFILES``.
 
 **Watercolor** (``watercolor``): a superpixel brush — SLIC superpixels (region ≈ short side / 20,
-compactness 10, 4 iterations, computed here in NumPy) whose mean Lab colour is laid over the photo at
-65 % with darkened superpixel borders (pigment pooling, −10 L), then Foreground Pop-Out on top.
+compactness 10, 4 iterations, computed here in NumPy on a copy of at most 512 px) whose mean Lab colour
+is laid over the photo at 65 % with darkened superpixel borders (pigment pooling, −10 L) — then a colour
+wash of its own on the same object masks as Pop-Out: the object keeps its contrast (×1.05), gets lighter
+(+6 L) and a little more saturated (×1.15); the ground turns pale like wet paper (contrast ×0.75, +12 L,
+chroma ×0.6, warm tint Δb +4). The brush is a fixed procedure, applied again at inference
+(``network_input``); the network learns only the colour part, from the brushed photo to the target.
 
 Splits are by a CRC32 hash of the image id (of the sequence name for DAVIS, whose frames are
-near-duplicates): about 12 % of ids are held out for evaluation, the same on every machine.
+near-duplicates), the same on every machine: about 12 % of ids are the *report* split (the bench),
+10 % the *select* split (checkpoint selection), the rest *train*. SIFT Flow images whose id hashes into
+the *parse* pool (25 %, an independent hash) are kept out of Local Xpro and serve only as the scene-parsing
+task's labelled images (Eq. 9), for every style.
 
 ``read_paired_folder`` reads photos already retouched by a person in the paired-folder layout of
 Yan et al.'s release: ``<root>/{input,original,source}/<id>.*`` beside
@@ -46,7 +53,12 @@ from core.imaging.io import load_image, load_mask, to_float
 from core.protocol import bad_input
 
 STYLES = ("pop-out", "xpro", "watercolor")
-HELD_OUT_PERCENT = 12
+SPLITS = ("train", "select", "report")
+HELD_OUT_PERCENT = 12  # the report split
+SELECT_PERCENT = 10
+PARSE_PERCENT = 25  # SIFT Flow ids used only for scene parsing
+CCP_PERCENT = 33  # share of people/ccp used (1 003 photos of one kind would outweigh the other sources)
+BRUSH_MAX_SIDE = 512
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
@@ -58,11 +70,23 @@ class Sample:
     name: str
     image: Path
     annotation: Path
-    kind: str  # "davis", "bsds", "siftflow"
+    kind: str  # "mask" (object mask 0/255) or "siftflow" (class ids)
 
 
 def is_held_out(key: str) -> bool:
-    return zlib.crc32(key.encode()) % 100 < HELD_OUT_PERCENT
+    """In the report split (the bench's photos)."""
+    return split_of(key) == "report"
+
+
+def split_of(key: str) -> str:
+    bucket = zlib.crc32(key.encode()) % 100
+    if bucket < HELD_OUT_PERCENT:
+        return "report"
+    return "select" if bucket < HELD_OUT_PERCENT + SELECT_PERCENT else "train"
+
+
+def in_parse_pool(key: str) -> bool:
+    return zlib.crc32(("parse:" + key).encode()) % 100 < PARSE_PERCENT
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -74,64 +98,60 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _masked(images: Path, masks: Path, prefix: str, keep: Callable[[str], bool] = lambda stem: True,
+            key: Callable[[str], str] | None = None) -> list[Sample]:
+    found = []
+    for image in _images(images):
+        mask = masks / (image.stem + ".png")
+        if mask.exists() and mask != image and keep(image.stem):  # (photos-with-masks: same folder)
+            split_key = prefix + (key(image.stem) if key else image.stem)
+            found.append(Sample(split_key, f"{prefix}{image.stem}", image, mask, "mask"))
+    return found
+
+
 def list_samples(datasets: str | Path, style: str) -> list[Sample]:
     """Every usable photo for ``style`` under the datasets root (``../shared/datasets``)."""
     root = Path(datasets)
     samples: list[Sample] = []
     if style in ("pop-out", "watercolor"):
-        for image in _images(root / "davis" / "train" / "images"):
-            mask = root / "davis" / "train" / "masks" / (image.stem + ".png")
-            if mask.exists():
-                sequence = image.stem.rsplit("_", 1)[0]
-                samples.append(Sample("davis/" + sequence, image.stem, image, mask, "davis"))
-        for split in ("train", "val"):
-            for image in _images(root / "bsds500" / split / "images"):
-                seg = root / "bsds500" / split / "segments" / (image.stem + ".png")
-                if seg.exists():
-                    samples.append(Sample("bsds/" + image.stem, image.stem, image, seg, "bsds"))
+        samples += _masked(root / "davis" / "train" / "images", root / "davis" / "train" / "masks", "davis/",
+                           key=lambda stem: stem.rsplit("_", 1)[0])
+        samples += _masked(root / "people" / "coco128-seg" / "images", root / "people" / "coco128-seg" / "masks",
+                           "coco128-seg/")
+        samples += _masked(root / "people" / "ccp" / "images", root / "people" / "ccp" / "masks", "ccp/",
+                           keep=lambda stem: zlib.crc32(("ccp:" + stem).encode()) % 100 < CCP_PERCENT)
+        pwm = root / "harmonization" / "photos-with-masks"
+        samples += _masked(pwm, pwm, "photos-with-masks/")
     elif style == "xpro":
-        for image in _images(root / "siftflow" / "train" / "images"):
-            labels = root / "siftflow" / "train" / "labels" / (image.stem + ".png")
-            if labels.exists():
-                samples.append(Sample("siftflow/" + image.stem, image.stem, image, labels, "siftflow"))
+        samples = [s for s in siftflow_samples(root) if not in_parse_pool(s.key)]
     else:
         raise bad_input(f"Unknown style '{style}'; choose one of {', '.join(STYLES)}.")
     if not samples:
-        raise bad_input(f"No source photos for style '{style}' under {root} (expected davis/, bsds500/ or "
-                        "siftflow/ as described in datasets/README.md).")
+        raise bad_input(f"No source photos for style '{style}' under {root} (expected davis/, people/, "
+                        "harmonization/photos-with-masks or siftflow/ as described in datasets/README.md).")
     return samples
 
 
-def bsds_foreground(segments: np.ndarray) -> np.ndarray:
-    """Salient objects of a BSDS segmentation: segments covering ≥ 1 % of the image and touching ≤ 10 % of
-    the image border; if none qualifies, the segment closest to the image centre."""
-    h, w = segments.shape
-    border = np.concatenate([segments[0], segments[-1], segments[1:-1, 0], segments[1:-1, -1]])
-    ids, areas = np.unique(segments, return_counts=True)
-    border_ids, border_counts = np.unique(border, return_counts=True)
-    touch = dict(zip(border_ids.tolist(), (border_counts / border.size).tolist(), strict=True))
-    chosen = [i for i, a in zip(ids.tolist(), areas.tolist(), strict=True)
-              if a >= 0.01 * h * w and touch.get(i, 0) <= 0.1]
-    if not chosen:
-        ys, xs = np.mgrid[0:h, 0:w]
-        dist = ((ys - h / 2) / h) ** 2 + ((xs - w / 2) / w) ** 2
-        counts = np.bincount(segments.ravel())
-        means = np.bincount(segments.ravel(), weights=dist.ravel()) / np.maximum(counts, 1)
-        present = counts > 0
-        chosen = [int(np.argmin(np.where(present, means, np.inf)))]
-    return np.isin(segments, chosen).astype(np.float32)
+def siftflow_samples(root: Path) -> list[Sample]:
+    found = []
+    for image in _images(root / "siftflow" / "train" / "images"):
+        labels = root / "siftflow" / "train" / "labels" / (image.stem + ".png")
+        if labels.exists():
+            found.append(Sample("siftflow/" + image.stem, image.stem, image, labels, "siftflow"))
+    return found
+
+
+def parse_samples(datasets: str | Path) -> list[Sample]:
+    """SIFT Flow photos with class labels that no style's adjustment data uses: the scene-parsing task's
+    labels (Eq. 9), independent of how any effect is generated."""
+    return [s for s in siftflow_samples(Path(datasets)) if in_parse_pool(s.key)]
 
 
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """(sRGB float H×W×3, annotation: object mask float H×W or class ids uint8 H×W)."""
     rgb = to_float(load_image(sample.image))[..., :3]
-    if sample.kind == "davis":
+    if sample.kind == "mask":
         annotation = (load_mask(sample.annotation) > 127).astype(np.float32)
-    elif sample.kind == "bsds":
-        from PIL import Image
-
-        segments = np.asarray(Image.open(sample.annotation)).astype(np.int64)
-        annotation = bsds_foreground(segments)
     else:
         from PIL import Image
 
@@ -162,14 +182,23 @@ def _tone(lab: np.ndarray, weight: np.ndarray, contrast: float, brightness: floa
     return out
 
 
-def pop_out(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+# (contrast, brightness ΔL, chroma gain, Δa, Δb) of the object and of the ground
+POP_OUT_TONES = ((1.35, 4.0, 1.4, 0.0, 0.0), (0.7, -6.0, 0.45, 0.0, 0.0))
+WATERCOLOR_TONES = ((1.05, 6.0, 1.15, 0.0, 0.0), (0.75, 12.0, 0.6, 0.0, 4.0))
+
+
+def _two_tones(rgb: np.ndarray, mask: np.ndarray, tones) -> np.ndarray:
     lab = rgb_to_lab(rgb)
     soft = _feather(mask, 0.01)[..., None]
-    fg = _tone(lab, soft[..., 0], contrast=1.35, brightness=4.0, chroma=1.4)
-    bg = _tone(lab, 1 - soft[..., 0], contrast=0.7, brightness=-6.0, chroma=0.45)
+    fg = _tone(lab, soft[..., 0], *tones[0])
+    bg = _tone(lab, 1 - soft[..., 0], *tones[1])
     out = soft * fg + (1 - soft) * bg
     out[..., 0] = np.clip(out[..., 0], 0, 100)
     return lab_to_rgb(out)
+
+
+def pop_out(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return _two_tones(rgb, mask, POP_OUT_TONES)
 
 
 # (contrast, brightness ΔL, chroma gain, Δa, Δb) per class group; SIFT Flow ids from classes.txt.
@@ -242,10 +271,20 @@ def slic(lab: np.ndarray, region: int, compactness: float = 10.0, iterations: in
     return labels.reshape(h, w)
 
 
-def superpixel_brush(rgb: np.ndarray) -> np.ndarray:
+def superpixel_brush(rgb: np.ndarray, max_side: int = BRUSH_MAX_SIDE) -> np.ndarray:
+    """The Watercolor brush. Superpixels are found on a copy of at most ``max_side`` pixels (their size
+    follows the image, so the look does not change; it keeps NumPy SLIC fast on large photos)."""
     lab = rgb_to_lab(rgb)
-    region = max(4, min(rgb.shape[:2]) // 20)
-    labels = slic(lab, region)
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = rgb_to_lab(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+    else:
+        small = lab
+    labels = slic(small, max(4, min(small.shape[:2]) // 20))
+    if scale < 1:
+        labels = cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int64)
     counts = np.maximum(np.bincount(labels.ravel()), 1)
     means = np.stack([np.bincount(labels.ravel(), weights=lab[..., c].ravel()) / counts
                       for c in range(3)], -1)
@@ -258,8 +297,19 @@ def superpixel_brush(rgb: np.ndarray) -> np.ndarray:
     return lab_to_rgb(painted.astype(np.float32))
 
 
+def watercolor_colour(brushed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Watercolor's colour part, on the brushed photo: what SA-AdjustNet learns for this style."""
+    return _two_tones(brushed, mask, WATERCOLOR_TONES)
+
+
 def watercolor(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return pop_out(superpixel_brush(rgb), mask)
+    return watercolor_colour(superpixel_brush(rgb), mask)
+
+
+def network_input(style: str, rgb: np.ndarray) -> np.ndarray:
+    """What the network adjusts: the photo, or for Watercolor the photo after the fixed brush procedure
+    (applied the same way in training, in the bench and at inference)."""
+    return superpixel_brush(rgb.astype(np.float32)) if style == "watercolor" else rgb
 
 
 def render(style: str, rgb: np.ndarray, annotation: np.ndarray) -> np.ndarray:
@@ -271,22 +321,13 @@ def render(style: str, rgb: np.ndarray, annotation: np.ndarray) -> np.ndarray:
     return effects[style](rgb.astype(np.float32), annotation)
 
 
-def parse_labels(style: str, annotation: np.ndarray) -> np.ndarray:
-    """Labels of the multi-task scene-parsing head: foreground/background for the object-mask effects,
-    SIFT Flow classes for Local Xpro (0 = unlabeled, ignored by the loss)."""
-    if style == "xpro":
-        return annotation.astype(np.uint8)
-    return (annotation > 0.5).astype(np.uint8) + 1  # 1 = background, 2 = foreground; 0 stays "ignore"
-
-
-def pairs(datasets: str | Path, style: str, held_out: bool) -> Iterator[tuple[Sample, np.ndarray, np.ndarray,
-                                                                                np.ndarray]]:
-    """(sample, input sRGB, target sRGB, parse labels) for the train (held_out=False) or held-out split."""
+def pairs(datasets: str | Path, style: str, split: str) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
+    """(sample, photo sRGB, target sRGB) of one split ("train", "select", "report")."""
     for sample in list_samples(datasets, style):
-        if is_held_out(sample.key) != held_out:
+        if split_of(sample.key) != split:
             continue
         rgb, annotation = load_sample(sample)
-        yield sample, rgb, render(style, rgb, annotation), parse_labels(style, annotation)
+        yield sample, rgb, render(style, rgb, annotation)
 
 
 def read_paired_folder(root: str | Path, style: str | None = None) -> list[tuple[str, Path, Path]]:

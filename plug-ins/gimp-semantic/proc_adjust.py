@@ -1,14 +1,16 @@
 """Filters > Semantic > Semantic Auto-Adjust... and Adjust with My Map... (SA-AdjustNet, Nam & Kim).
 
 Auto-Adjust applies a learned local style (Foreground Pop-Out, Local Xpro, Watercolor) as a new layer and
-can add the predicted semantic adjustment map as channels "preset 0 (style)" … "preset K−1 (style)".
-Adjust with My Map replaces the predicted map where the user painted: with channels named "preset <k>…"
-(channel k's value = how strongly preset k applies; start from the exported ones) or with the selection,
-which applies one chosen preset.
+can add the predicted semantic adjustment map as K channels named by what each preset does, e.g.
+"preset 1: brighter, more saturated (pop-out)" (the map is discrete: each pixel is white in exactly one).
+Adjust with My Map applies the painted map: with channels named "preset <k>…" (channel k's value = how
+much of preset k applies; start from the exported ones — given back unchanged they reproduce the automatic
+layer exactly) or with the selection: one preset inside, another outside (or the automatic map outside).
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import gi
@@ -31,9 +33,10 @@ from semantic_protocol import Array, bad_input  # noqa: E402
 AUTO = "plug-in-semantic-auto-adjust"
 MY_MAP = "plug-in-semantic-adjust-my-map"
 STYLES = (("pop-out", "Foreground Pop-Out"), ("xpro", "Local Xpro"), ("watercolor", "Watercolor"))
-SOURCES = (("channels", "Channels named 'preset 0' … 'preset 7'"),
-           ("selection", "The selection, as the preset below"))
-PRESETS = 8  # the shipped models' K; the daemon refuses a preset the style's model lacks
+SOURCES = (("channels", "Channels named 'preset 0' … 'preset 3'"),
+           ("selection", "The selection: one preset inside, another outside"))
+PRESETS = 4  # the largest K of the shipped models (2 / 4 / 2); the daemon refuses a preset a style lacks
+INVERT = bytes(range(255, -1, -1))  # u8 → 255 − u8, for the outside of the selection
 CHANNEL_NAME = re.compile(r"^preset (\d+)\b")
 COLORS = ("red", "lime", "blue", "yellow", "cyan", "magenta", "orange", "purple")
 
@@ -58,13 +61,17 @@ def create_my_map(plugin, name):
         plugin, name, run_my_map, "Adjust with _My Map...",
         "Apply a learned style steered by your own semantic adjustment map",
         "Where you painted, your map replaces the predicted one: either channels named 'preset 0' … "
-        "'preset 7' (white = that preset applies; export the predicted ones with Semantic Auto-Adjust "
-        "first) or the selection, which applies one preset. Unpainted pixels keep the automatic result.")
+        "'preset 3' (white = that preset applies; export the predicted ones with Semantic Auto-Adjust "
+        "first, they say what each preset does) or the selection, with one preset inside and another "
+        "outside. Pixels no channel covers keep the automatic result.")
     procedure.add_choice_argument("style", "_Style", "Learned style", choice(*STYLES), STYLES[0][0], RW)
     procedure.add_choice_argument("source", "_Map from", "Where your map comes from", choice(*SOURCES),
                                   SOURCES[0][0], RW)
-    procedure.add_int_argument("preset", "_Preset for the selection", "Preset applied inside the selection",
+    procedure.add_int_argument("preset", "_Preset inside the selection", "Preset applied inside the selection",
                                0, PRESETS - 1, 0, RW)
+    procedure.add_int_argument("outside-preset", "Preset _outside the selection",
+                               "Preset applied outside the selection; -1 keeps the automatic map there",
+                               -1, PRESETS - 1, 1, RW)
     return procedure
 
 
@@ -96,10 +103,15 @@ def run_my_map(procedure, image, drawable, config):
     source = config.get_property("source")
     pixels = read_drawable(image, drawable)
     if source == "selection":
-        preset = config.get_property("preset")
+        preset, outside = config.get_property("preset"), config.get_property("outside-preset")
         mask = read_selection(image, pixels)
-        maps = [Array(f"preset_{preset}", mask.dtype, mask.shape, mask.data)]
-        label = f"my map: preset {preset} in selection"
+        if outside == preset:
+            maps = [Array(f"preset_{preset}", mask.dtype, mask.shape, bytes([255]) * len(mask.data))]
+        else:
+            maps = [Array(f"preset_{preset}", mask.dtype, mask.shape, mask.data)]
+            if outside >= 0:
+                maps.append(Array(f"preset_{outside}", mask.dtype, mask.shape, bytes(mask.data).translate(INVERT)))
+        label = f"my map: preset {preset} in selection" + (f", {outside} outside" if outside >= 0 else "")
     else:
         maps = []
         for channel in image.get_channels():
@@ -107,7 +119,7 @@ def run_my_map(procedure, image, drawable, config):
             if found:
                 maps.append(read_channel(image, channel, pixels, f"preset_{int(found.group(1))}"))
         if not maps:
-            raise bad_input("No channels named 'preset 0' … 'preset 7' found. Run Semantic Auto-Adjust with "
+            raise bad_input("No channels named 'preset 0' … 'preset 3' found. Run Semantic Auto-Adjust with "
                             "'Add the predicted map as channels', or create such channels and paint them.")
         if len({m.name for m in maps}) != len(maps):
             raise bad_input("Two channels name the same preset; keep one 'preset <k>' channel per preset.")
@@ -118,13 +130,27 @@ def run_my_map(procedure, image, drawable, config):
                          f"{drawable.get_name()} adjusted ({style}, {label})")
 
 
+def channel_name(k: int, words: str, style: str) -> str:
+    return f"preset {k}: {words} ({style})" if words else f"preset {k} ({style})"
+
+
+def _preset_words(arrays: dict) -> list[str]:
+    names = arrays.get("preset_names")
+    try:
+        found = json.loads(bytes(names.data).decode()) if names is not None else []
+    except (ValueError, UnicodeDecodeError):
+        found = []
+    return [str(w) for w in found] if isinstance(found, list) else []
+
+
 def _add_map_channels(image, pixels, arrays: dict, style: str) -> None:
     presets = sorted(int(name[7:]) for name in arrays if name.startswith("preset_") and name[7:].isdigit())
+    words = _preset_words(arrays)
     rect = Gegl.Rectangle.new(pixels.offset_x, pixels.offset_y, pixels.width, pixels.height)
     for k in presets:
         color = Gegl.Color.new(COLORS[k % len(COLORS)])
-        channel = Gimp.Channel.new(image, f"preset {k} ({style})", image.get_width(), image.get_height(),
-                                   50.0, color)
+        name = channel_name(k, words[k] if k < len(words) else "", style)
+        channel = Gimp.Channel.new(image, name, image.get_width(), image.get_height(), 50.0, color)
         channel.set_visible(False)
         image.insert_channel(channel, None, k)
         buffer = channel.get_buffer()

@@ -3,6 +3,8 @@ loads the committed SA-AdjustNet weights."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -75,19 +77,28 @@ auto_name, auto_offsets = auto.get_name(), list(auto.get_offsets()[1:])
 dump("auto", auto)
 dump("source", layer)
 channels = [c.get_name() for c in image.get_channels()]
+for c in image.get_channels():
+    dump("channel" + c.get_name().split(":")[0].split(" ")[1], c, "Y u8")
 ok_channels, msg_channels = run_proc("plug-in-semantic-adjust-my-map", style="pop-out", source="channels")
 dump("from_channels", above())
 image.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 8, 40, 72)
-ok_sel, msg_sel = run_proc("plug-in-semantic-adjust-my-map", style="pop-out", source="selection", preset=3)
+ok_sel, msg_sel = run_proc("plug-in-semantic-adjust-my-map", style="pop-out", source="selection", preset=1,
+                           **{"outside-preset": -1})
 mine = above()
 dump("mine", mine)
+ok_two, msg_two = run_proc("plug-in-semantic-adjust-my-map", style="pop-out", source="selection", preset=0,
+                           **{"outside-preset": 1})
+two = above()
+dump("two", two)
 dump("mask", image.get_selection(), "Y u8")
 Gimp.Selection.none(image)
-ok_none, msg_none = run_proc("plug-in-semantic-adjust-my-map", style="pop-out", source="selection", preset=3)
+ok_none, msg_none = run_proc("plug-in-semantic-adjust-my-map", style="pop-out", source="selection", preset=1)
 save_result({"ok_auto": ok_auto, "msg_auto": msg_auto, "ok_channels": ok_channels, "msg_channels": msg_channels,
-             "ok_sel": ok_sel, "msg_sel": msg_sel, "ok_none": ok_none, "msg_none": msg_none,
+             "ok_sel": ok_sel, "msg_sel": msg_sel, "ok_two": ok_two, "msg_two": msg_two,
+             "ok_none": ok_none, "msg_none": msg_none,
              "layers_before": n0, "layers_after": len(image.get_layers()), "auto_name": auto_name,
-             "auto_offsets": auto_offsets, "mine_name": mine.get_name(), "channels": channels})
+             "auto_offsets": auto_offsets, "mine_name": mine.get_name(), "two_name": two.get_name(),
+             "channels": channels})
 """
     run = gimp.run(script)
     r = run.result
@@ -95,23 +106,38 @@ save_result({"ok_auto": ok_auto, "msg_auto": msg_auto, "ok_channels": ok_channel
     assert r["ok_auto"], r["msg_auto"]
     assert r["ok_channels"], r["msg_channels"]
     assert r["ok_sel"], r["msg_sel"]
-    assert r["layers_after"] == r["layers_before"] + 3
+    assert r["ok_two"], r["msg_two"]
+    assert r["layers_after"] == r["layers_before"] + 4
     assert r["auto_name"] == "photo adjusted (pop-out)" and r["auto_offsets"] == [10, 8]
-    assert "preset 3" in r["mine_name"]
-    assert r["channels"] == [f"preset {k} (pop-out)" for k in range(8)]
+    assert "preset 1 in selection" in r["mine_name"] and "preset 0 in selection, 1 outside" in r["two_name"]
+    # K = 2 channels named by what each preset does, e.g. "preset 0: darker, less saturated (pop-out)"
+    assert len(r["channels"]) == 2
+    assert all(re.fullmatch(rf"preset {k}: [a-z ,]+ \(pop-out\)", name) for k, name in enumerate(r["channels"])), \
+        r["channels"]
     stem = str(next(gimp.root.glob("result-*.json.auto")))[: -len(".auto")]
     source, auto = read(stem, "source", (72, 96, 4)), read(stem, "auto", (72, 96, 4))
     assert np.abs(auto[..., :3] - source[..., :3]).mean() > 2, "Auto-Adjust must change the photo"
     assert np.array_equal(auto[..., 3], source[..., 3])
-    # the exported channels, given back unchanged, reproduce the automatic result (up to 8-bit map levels)
-    from_channels = read(stem, "from_channels", (72, 96, 4))
-    assert np.abs(from_channels[..., :3] - auto[..., :3]).mean() < 1.5
+    # the map is discrete: every pixel of the layer is white in exactly one channel
+    maps = np.stack([read(stem, f"channel{k}", (90, 120))[8:80, 10:106] for k in range(2)], -1)
+    assert set(np.unique(maps)) <= {0, 255} and (maps.sum(-1) == 255).all()
+    index = maps.argmax(-1)
+    # the exported channels, given back unchanged, reproduce the automatic result bit for bit
+    assert np.array_equal(read(stem, "from_channels", (72, 96, 4)), auto)
     # the selection (left 40 columns of the layer) replaces the map there only
     mine = read(stem, "mine", (72, 96, 4))
     mask = read(stem, "mask", (90, 120))[8:80, 10:106]
     inside, outside = mask == 255, mask == 0
     assert inside[:, :40].all() and outside[:, 40:].all()
     assert np.array_equal(mine[outside], auto[outside])
-    assert (np.abs(mine[inside][:, :3] - auto[inside][:, :3]).max(-1) > 0).mean() > 0.3
+    assert np.array_equal(mine[inside & (index == 1)], auto[inside & (index == 1)])
+    flipped = inside & (index == 0)
+    if flipped.any():
+        assert (np.abs(mine[flipped][:, :3] - auto[flipped][:, :3]).max(-1) > 0).mean() > 0.3
+    # preset 0 inside, preset 1 outside: equal to the automatic result exactly where it chose the same
+    two = read(stem, "two", (72, 96, 4))
+    agree = (inside & (index == 0)) | (outside & (index == 1))
+    assert np.array_equal(two[agree], auto[agree])
+    assert (np.abs(two[~agree][:, :3] - auto[~agree][:, :3]).max(-1) > 0).mean() > 0.3
     # without a selection the procedure fails with a message and adds nothing
     assert not r["ok_none"] and "selection" in r["msg_none"].lower()
