@@ -244,6 +244,8 @@ def test_lite0_variant_keeps_the_frozen_backbone_out_of_its_weights():
     torch.manual_seed(0)
     model = SAAdjustNet(config).eval()
     assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not model.train().backbone.training, "the frozen backbone's batch norm keeps ImageNet's statistics"
+    model.eval()
     enc = model.encode(torch.rand(1, 3, 64, 64))
     assert enc.first.shape == (1, 16, 32, 32) and enc.context.shape == (1, 16, 16, 16)
     state = model.trained_state()

@@ -280,6 +280,12 @@ class SAAdjustNet(nn.Module):
                                         config.weight_alpha, config.frequency_momentum)
         self.parse = nn.Linear(config.context_dim, config.parse_classes)  # multi-task head (Eq. 9)
 
+    def train(self, mode: bool = True) -> SAAdjustNet:
+        super().train(mode)
+        if self.config.backbone == "lite0":
+            self.backbone.eval()  # frozen: its batch norm keeps ImageNet's statistics, in training too
+        return self
+
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The state to save: without a frozen backbone, whose weights live in their own file."""
         state = self.state_dict()

@@ -330,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      indent=2))
     budget = args.minutes * 60
     started, running = time.time() - elapsed, {}
-    model.train()
-    model.backbone.eval()  # frozen: its batch-norm statistics stay ImageNet's
+    model.train()  # (the frozen backbone stays in eval mode: SAAdjustNet.train)
     while True:
         elapsed = time.time() - started
         lr = config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
