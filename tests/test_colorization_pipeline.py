@@ -1,8 +1,9 @@
-"""Full-resolution colorization: L kept exactly, smooth chroma upsampling, maps read from ids or palette
+"""Full-resolution colorization: L kept exactly, edge-aware chroma upsampling, maps read from ids or palette
 colors, clear errors, and (with the shipped weights) map edits changing colors where edited."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,8 +12,10 @@ from core.actions.base import JobContext, ModelCache
 from core.actions.colorize import colorize as colorize_action
 from core.actions.colorize import segment as segment_action
 from core.colorization import pipeline
+from core.colorization.guided import chroma_coefficients, upsample_chroma
 from core.colorization.palette import class_colors, gimp_palette, read_map, render
 from core.imaging.color import rgb_to_lab
+from core.imaging.io import to_float
 from core.models.colorization_unet import ColorizationUNet, ColorizerConfig
 from core.protocol import SemanticError
 from core.weights import Manifest
@@ -54,11 +57,73 @@ def test_chroma_is_upsampled_smoothly_not_nearest():
     colorizer = tiny_colorizer()
     lightness, _ = pipeline.image_lightness(image)
     small = pipeline.predict_ab(lightness, None, colorizer)
-    lab = pipeline.combine(lightness, small)
+    lab, _ = pipeline.combine(lightness, small)
     assert small.shape[0] * small.shape[1] < 0.05 * lightness.size
     row = lab[120, :, 1]
     assert len(np.unique(row)) > 3 * small.shape[1]  # nearest would repeat each model pixel's value
-    assert np.abs(np.diff(row)).max() < np.abs(np.diff(small[small.shape[0] // 2, :, 0])).max() + 1e-3
+
+
+def _disc_photo(h=600, w=900):
+    """A bright disc on a darker ground (L 70 | 35, grain σ 1), orange inside and blue outside, its edge
+    at no grid-aligned place; the true ab reduced by area to a 32×21 model grid (28× smaller)."""
+    y, x = np.mgrid[0:h, 0:w]
+    inside = (y - 283.3) ** 2 + (x - 431.7) ** 2 < 171.4 ** 2
+    grain = np.random.default_rng(0).normal(0, 1, (h, w)).astype(np.float32)
+    lightness = np.where(inside, np.float32(70), np.float32(35)) + grain
+    ab = np.where(inside[..., None], np.float32([40, 20]), np.float32([-10, -35])).astype(np.float32)
+    small = cv2.resize(ab, (32, 21), interpolation=cv2.INTER_AREA)
+    distance = (cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 3)
+                + cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 3))
+    return lightness, ab, small, distance
+
+
+def test_chroma_follows_the_edges_of_L_where_a_plain_upsample_bleeds():
+    lightness, ab, small, distance = _disc_photo()
+    alpha = np.full(lightness.shape + (1,), 7, np.uint8)
+    lab, out = pipeline.combine(lightness, small, out_dtype=np.dtype(np.uint8), alpha=alpha)
+    assert np.array_equal(lab[..., 0], lightness)  # L bit-exact
+    assert out.shape == lightness.shape + (4,) and np.array_equal(out[..., 3:], alpha)
+    far = distance > 3  # pixels 3+ px from the edge should carry their own side's colour
+    bilinear = cv2.resize(small, lightness.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    errors = {name: np.linalg.norm(chroma - ab, axis=2) for name, chroma in
+              (("bilinear", bilinear), ("guided", lab[..., 1:]))}
+    bleed = {name: float((e[far] > 5).mean()) for name, e in errors.items()}
+    worst = {name: float(np.quantile(e[far], 0.99)) for name, e in errors.items()}
+    # measured: bilinear bleeds on 7.4 % of those pixels, 27 ab units at the 99th percentile; guided 2.8 %, 7.6
+    assert bleed["bilinear"] > 0.06 and worst["bilinear"] > 20  # the test image does show bleeding
+    assert bleed["guided"] < 0.5 * bleed["bilinear"] and worst["guided"] < 0.4 * worst["bilinear"]
+    assert errors["guided"].mean() < 0.5 * errors["bilinear"].mean()
+
+
+def test_a_flat_colour_stays_flat_over_textured_lightness():
+    # luminance texture and edges under one colour must not turn into colour noise
+    lightness, _, _, _ = _disc_photo(300, 450)
+    lightness = lightness + 10 * np.sin(np.arange(450, dtype=np.float32) / 3)[None, :]
+    small = np.broadcast_to(np.float32([12, -30]), (21, 32, 2)).copy()
+    lab, _ = pipeline.combine(lightness, small)
+    assert np.abs(lab[..., 1:] - small[0, 0]).max() < 1e-3
+
+
+def test_guided_strips_equal_one_pass():
+    lightness, _, small, _ = _disc_photo(200, 300)
+    coefficients = chroma_coefficients(lightness, small)
+    whole = coefficients.rows(lightness, 0)
+    strips = np.concatenate([coefficients.rows(lightness[y:y + 37], y) for y in range(0, 200, 37)])
+    assert np.array_equal(whole, strips)
+    assert whole.shape == (200, 300, 2) and np.allclose(whole, upsample_chroma(lightness, small))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_lightness_alone_is_the_l_of_the_lab_conversion(dtype):
+    rng = np.random.default_rng(3)
+    if dtype == np.float32:
+        image = rng.random((37, 53, 4), dtype=np.float32)
+    else:
+        image = rng.integers(0, np.iinfo(dtype).max + 1, (37, 53, 4)).astype(dtype)
+    lightness, alpha = pipeline.image_lightness(image)
+    expected = rgb_to_lab(to_float(image[..., :3]))[..., 0]
+    assert lightness.dtype == np.float32 and np.abs(lightness - expected).max() < 1e-4
+    assert np.array_equal(alpha, image[..., 3:])
 
 
 def test_alpha_and_type_are_kept():
