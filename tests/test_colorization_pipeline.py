@@ -126,6 +126,21 @@ def test_lightness_alone_is_the_l_of_the_lab_conversion(dtype):
     assert np.array_equal(alpha, image[..., 3:])
 
 
+def test_strips_on_two_threads_give_the_one_thread_result_and_restore_the_thread_count():
+    lightness, _, small, _ = _disc_photo(700, 900)  # 630 000 pixels: several strips
+    image = np.repeat(np.clip(lightness * 2.55, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    serial = pipeline.image_lightness(image)[0], pipeline.combine(lightness, small, out_dtype=np.dtype(np.uint8))
+    torch.set_num_threads(2)
+    try:
+        threaded = pipeline.image_lightness(image)[0], pipeline.combine(lightness, small,
+                                                                        out_dtype=np.dtype(np.uint8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert np.array_equal(serial[0], threaded[0])
+    assert np.array_equal(serial[1][0], threaded[1][0]) and np.array_equal(serial[1][1], threaded[1][1])
+
+
 def test_alpha_and_type_are_kept():
     image = np.concatenate([smooth_gray(64, 80, np.uint8), np.full((64, 80, 1), 7, np.uint8)], axis=2)
     image[:10, :, 3] = 255
