@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import cv2
@@ -50,7 +51,7 @@ import torch
 
 from core.imaging.color import lab_to_rgb, rgb_to_lab
 from core.imaging.io import load_image, load_mask, to_float
-from core.propagation.pipeline import PropagationOptions, propagate
+from core.propagation.pipeline import CONFIGS, DEFAULT_CONFIG, PropagationOptions, configured, propagate
 from core.propagation.simulate import correction_stroke, user_brush, user_strokes
 from core.propagation.simulate import region_strokes as spine_strokes
 from core.propagation.strokes import StrokePath, labels_for_selection, labels_from_scribbles, rasterize_paths
@@ -139,6 +140,17 @@ def split_of(key: str) -> str:
 
 def set_items(root: Path, name: str, split: str, count: int) -> list[tuple[str, Path, Path]]:
     """(id, image, mask) of ``count`` images of a set's split, spread evenly over it."""
+    if name == "davis" and split == "dev":
+        # Only 2 of the 15 sequences fall in the dev quarter: their first frames alone are too few to
+        # choose settings on, so dev takes all their frames (every 6th of the video; near-duplicates
+        # of each other, but never of a bench sequence).
+        items = [
+            (p.stem, p, root / "davis/train/masks" / (p.stem + ".png"))
+            for p in sorted((root / "davis/train/images").glob("*.jpg"))
+            if split_of(f"davis/{p.stem.rsplit('_', 1)[0]}") == "dev"
+        ]
+        items = items[:: max(1, len(items) // max(count, 1))][:count] if count < len(items) else items
+        return [(f"{name}/{key}", image, mask) for key, image, mask in items]
     if name == "davis":
         seen: dict[str, Path] = {}
         for path in sorted((root / "davis/train/images").glob("*.jpg")):
@@ -194,12 +206,14 @@ def counts(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.stack([tp, pp]).astype(np.float64)
 
 
-def run_methods(rgb: np.ndarray, mask: np.ndarray, raster: np.ndarray, state=None) -> dict:
+def run_methods(
+    rgb: np.ndarray, mask: np.ndarray, raster: np.ndarray, options: PropagationOptions, methods=METHODS
+) -> dict:
     """Each method on the strokes, then on the strokes plus one correction stroke where its own first
     result is most wrong (DeepProp through its incremental update, the others run again)."""
     brush = user_brush(mask.shape)
     out = {}
-    for method in METHODS:
+    for method in methods:
         results = []
         strokes = raster
         keep = None
@@ -209,7 +223,7 @@ def run_methods(rgb: np.ndarray, mask: np.ndarray, raster: np.ndarray, state=Non
                 result, keep = propagate(
                     rgb,
                     labels_for_selection(strokes, FG, BG),
-                    PropagationOptions("select", fg=FG, bg=BG),
+                    replace(options, mode="select", fg=FG, bg=BG),
                     keep,
                 )
                 prob = result.output
@@ -232,11 +246,19 @@ def run_methods(rgb: np.ndarray, mask: np.ndarray, raster: np.ndarray, state=Non
     return out
 
 
-def quality(root: Path, per_set: int, max_side: int, split: str, out_dir: Path | None) -> dict:
+def quality(
+    root: Path,
+    per_set: int,
+    max_side: int,
+    split: str,
+    out_dir: Path | None,
+    options: PropagationOptions,
+    methods=METHODS,
+) -> dict:
     sets = {}
     for name in SETS:
         rows = []
-        curves = {f"{m}/{r}": np.zeros((2, len(THRESHOLDS))) for m in METHODS for r in ("first", "corrected")}
+        curves = {f"{m}/{r}": np.zeros((2, len(THRESHOLDS))) for m in methods for r in ("first", "corrected")}
         truth_total = 0
         for key, image_path, mask_path in set_items(root, name, split, per_set):
             rgb = resize_to(to_float(load_image(image_path))[..., :3], max_side)
@@ -244,7 +266,7 @@ def quality(root: Path, per_set: int, max_side: int, split: str, out_dir: Path |
             mask = cv2.resize(mask.astype(np.uint8), rgb.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
             user = user_strokes(mask)
             raster = user.raster(mask.shape, FG, BG)
-            runs = run_methods(rgb, mask, raster)
+            runs = run_methods(rgb, mask, raster, options, methods)
             truth_total += int(mask.sum())
             row = {"image": key, "size": list(mask.shape), "stroke_share": float((raster[..., 3] > 0).mean())}
             for method, results in runs.items():
@@ -261,7 +283,7 @@ def quality(root: Path, per_set: int, max_side: int, split: str, out_dir: Path |
         if not rows:
             continue
         summary = {}
-        for method in METHODS:
+        for method in methods:
             for round_ in ("first", "corrected"):
                 sel = [r[method][round_] for r in rows]
                 summary.setdefault(method, {})[round_] = {
@@ -274,7 +296,7 @@ def quality(root: Path, per_set: int, max_side: int, split: str, out_dir: Path |
             recall = tp / max(truth_total, 1)
             pr[label] = {"precision": precision.round(4).tolist(), "recall": recall.round(4).tolist()}
         sets[name] = {"images": len(rows), "summary": summary, "pr_micro": pr, "per_image": rows}
-    if out_dir is not None and sets:
+    if out_dir is not None and sets and len(methods) == len(METHODS):
         draw_pr_curves({k: v["pr_micro"] for k, v in sets.items()}, out_dir / f"propagation-pr-{split}.png")
     return {"split": split, "max_side": max_side, "per_set": per_set, "sets": sets}
 
@@ -347,10 +369,10 @@ def gray_of(rgb: np.ndarray) -> np.ndarray:
     return np.clip(lab_to_rgb(lab), 0, 1)
 
 
-def colorize_both(gray: np.ndarray, raster: np.ndarray, truth: np.ndarray) -> dict:
+def colorize_both(gray: np.ndarray, raster: np.ndarray, truth: np.ndarray, options: PropagationOptions) -> dict:
     marked = raster[..., 3] > 0
     t0 = time.perf_counter()
-    result, _ = propagate(gray, labels_from_scribbles(raster), PropagationOptions("colorize"))
+    result, _ = propagate(gray, labels_from_scribbles(raster), replace(options, mode="colorize"))
     t1 = time.perf_counter()
     levin = levin_colorize(gray, raster[..., :3].astype(np.float32) / 255, marked)
     t2 = time.perf_counter()
@@ -375,7 +397,7 @@ def levin_example_strokes(gray_u8: np.ndarray, marked_u8: np.ndarray) -> np.ndar
     return raster
 
 
-def colorization(root: Path, count: int, split: str) -> dict:
+def colorization(root: Path, count: int, split: str, options: PropagationOptions) -> dict:
     """(1) Levin et al.'s own examples: their scribbles, ΔE to the colour original for DeepProp, our
     Levin implementation and (example3) their published result. (2) BSDS500 val photos in gray with
     user-like strokes (a spine through each of the largest human-segmented regions) coloured with the
@@ -388,7 +410,7 @@ def colorization(root: Path, count: int, split: str) -> dict:
         truth = cv2.imread(str(folder / f"{name}_original.png"))[..., ::-1].astype(np.float32) / 255
         gray = gray_u8.astype(np.float32) / 255
         raster = levin_example_strokes(gray_u8, marked_u8)
-        row = colorize_both(gray, raster, truth)
+        row = colorize_both(gray, raster, truth, options)
         published = folder / f"{name}_colorized.png"
         if published.exists():
             theirs = cv2.imread(str(published))[..., ::-1].astype(np.float32) / 255
@@ -415,7 +437,7 @@ def colorization(root: Path, count: int, split: str) -> dict:
             )
             under = layer[..., 3] > 0
             raster[under] = (*np.median(truth_u8[under], axis=0).astype(np.uint8), 255)
-        row = {"image": f"bsds500/val/{path.stem}", **colorize_both(gray_of(truth), raster, truth)}
+        row = {"image": f"bsds500/val/{path.stem}", **colorize_both(gray_of(truth), raster, truth, options)}
         photos.append(row)
         print(json.dumps(row), flush=True)
     mean = (
@@ -552,7 +574,7 @@ def cpu_steal_fraction(seconds: float = 1.0) -> float | None:
     return round(delta[7] / max(1, sum(delta)), 3)
 
 
-def speed(root: Path, sizes: set[str] | None = None, repeat: int = 3) -> dict:
+def speed(root: Path, options: PropagationOptions, sizes: set[str] | None = None, repeat: int = 3) -> dict:
     photos = sorted((root / "bsds500/val/images").glob("*.jpg"))
     out = {}
     for i, ((h, w), n) in enumerate(TABLE2):
@@ -575,7 +597,7 @@ def speed(root: Path, sizes: set[str] | None = None, repeat: int = 3) -> dict:
         )
         base = labels_from_scribbles(rasterize_paths(paths[:n], h, w, brush))
         more = labels_from_scribbles(rasterize_paths(paths[: n + 1], h, w, brush))
-        options = PropagationOptions(mode="colorize")
+        options = replace(options, mode="colorize")
         runs = []
         for _ in range(repeat):
             # Each repeat is a full run from a cold per-image state (no network, superpixels or graph
@@ -615,6 +637,32 @@ def speed(root: Path, sizes: set[str] | None = None, repeat: int = 3) -> dict:
     return out
 
 
+def with_overrides(options: PropagationOptions, overrides: list[str]) -> PropagationOptions:
+    """``part.field=value`` (part: model, smoothing, semantic) → options with that field replaced,
+    the value parsed as the field's current type."""
+    for item in overrides:
+        name, _, value = item.partition("=")
+        part, _, field_name = name.partition(".")
+        if not field_name:  # a field of the options themselves, e.g. color_space=luma
+            options = replace(options, **{part: type(getattr(options, part))(value)})
+            continue
+        target = getattr(options, part)
+        current = {f.name: getattr(target, f.name) for f in fields(target)}
+        if field_name not in current:
+            raise SystemExit(f"--set {item}: {part} has no field '{field_name}'")
+        old = current[field_name]
+        if isinstance(old, bool):
+            parsed = value.lower() in ("1", "true", "yes")
+        elif isinstance(old, tuple):
+            parsed = tuple(value.split("+"))
+        elif old is None:
+            parsed = float(value) if value not in ("", "none", "None") else None
+        else:
+            parsed = type(old)(value)
+        options = replace(options, **{part: replace(target, **{field_name: parsed})})
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -635,10 +683,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="full runs per size (the median is reported)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-colorize", action="store_true")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG, help="DeepProp configuration")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PART.FIELD=VALUE",
+        help="override one field of the configuration (ablations), e.g. smoothing.strength=2, "
+        "model.semantic_channels=8, semantic.max_side=256; repeatable",
+    )
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     args = parser.parse_args()
+    options = with_overrides(configured("select", args.config), args.set)
+    methods = tuple(m for m in args.methods.split(",") if m)
     torch.set_num_threads(args.threads)
     root = Path(args.data)
     report = {
+        "config": args.config,
+        "overrides": args.set,
+        "options": repr(options),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": args.threads,
@@ -650,15 +714,16 @@ def main() -> None:
     }
     if not args.skip_speed:
         report["speed"] = {"first_run": first_run_seconds()}
-        report["speed"].update(speed(root, set(filter(None, args.sizes.split(","))), args.repeat))
+        report["speed"].update(speed(root, options, set(filter(None, args.sizes.split(","))), args.repeat))
     if not args.skip_quality:
         if not (root / "davis").exists():
             report["quality"] = {"skipped": f"no datasets under {root}"}
         else:
             out_dir = Path(args.out)
             out_dir.mkdir(parents=True, exist_ok=True)
-            report["quality"] = quality(root, args.per_set, args.max_side, args.split, out_dir)
-            report["colorization"] = colorization(root, args.colorize, args.split)
+            report["quality"] = quality(root, args.per_set, args.max_side, args.split, out_dir, options, methods)
+            if not args.skip_colorize:
+                report["colorization"] = colorization(root, args.colorize, args.split, options)
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["machine"]["cpu_steal_at_end"] = cpu_steal_fraction()
     print(json.dumps(report, indent=1))

@@ -251,3 +251,38 @@ def test_stop_rules_of_algorithm_1(rule, reason, epochs):
     else:  # |E − preE| < γ|Ω'|: the last epoch changed the error by less than γ, the ones before more
         assert abs(errors[-1] - errors[-2]) < cfg.gamma
         assert all(abs(b - a) >= cfg.gamma for a, b in zip([0.0, *errors[:-2]], errors[:-1]))
+
+
+def test_semantic_channels_join_the_fused_layer_and_are_required():
+    cfg = DeepPropConfig(semantic_channels=8)
+    model = DeepProp(3, cfg)
+    patch, coords, semantic = torch.rand(5, 3, 9, 9), torch.rand(5, 2), torch.rand(5, 8)
+    assert model.probabilities(patch, coords, semantic).shape == (5, 3)
+    with pytest.raises(ValueError, match="semantic"):
+        model.probabilities(patch, coords)
+    # W_ce adds 8×256 weights to the FC; the paper's network has none.
+    assert parameter_counts(model)["fc"] - parameter_counts(DeepProp(3))["fc"] == 8 * 256
+    assert DeepProp(3).fc_e is None
+
+
+def test_semantic_features_are_learned_in_pre_training_and_separate_same_colored_regions():
+    # Two halves of the same flat color that only the (here synthetic) semantic channel tells apart:
+    # the paper's inputs cannot separate them beyond position, the semantic network does.
+    h, w = 32, 48
+    img = np.full((h, w, 3), 0.5, np.float32)
+    semantic = np.zeros((h, w, 8), np.float32)
+    semantic[:, :, 0] = np.where((np.arange(w) % 16) < 8, 1.0, -1.0)[None, :]  # stripes, not halves
+    labels = np.full((h, w), -1, np.int32)
+    for x0 in (0, 32):  # strokes at both ends, so position alone cannot explain them
+        labels[4:8, x0 : x0 + 8] = 0
+        labels[24:28, x0 + 8 : x0 + 16] = 1
+    truth = ((np.arange(w) % 16) >= 8)[None, :]
+
+    def accuracy(cfg: DeepPropConfig, features: np.ndarray | None) -> float:
+        source = PatchSource.from_image(img).with_semantic(features)
+        model, log = learn(None, source, labels, cfg, seed=0)
+        assert log.pretrain_errors  # pre-training ran (with the semantic branch when there is one)
+        return float(((estimate_pixels(model, source).argmax(2) == 1) == truth).mean())
+
+    with_semantic, paper = accuracy(DeepPropConfig(semantic_channels=8), semantic), accuracy(DeepPropConfig(), None)
+    assert with_semantic > 0.85 and paper < with_semantic - 0.2

@@ -545,3 +545,79 @@ def test_cli_action_and_plugin_default_to_the_same_mode():
     # and by the GIMP e2e test that runs it without a mode.
     source = (Path(__file__).parents[1] / "plug-ins/gimp-semantic/proc_propagate.py").read_text()
     assert re.search(r'^DEFAULT_MODE = "(\w+)"', source, re.M).group(1) == DEFAULT_MODE
+    from core.propagation.pipeline import CONFIGS, DEFAULT_CONFIG
+
+    assert args.config == DEFAULT_CONFIG and args.smoothing is None
+    assert re.search(r'^DEFAULT_METHOD = "(\w+)"', source, re.M).group(1) == DEFAULT_CONFIG
+    listed = re.search(r"^METHODS = \((.*?)^\)", source, re.M | re.S).group(1)
+    assert sorted(re.findall(r'^    \("(\w+)"', listed, re.M)) == sorted(CONFIGS)
+    # The menu says which one is the default.
+    assert re.search(rf'\("{DEFAULT_CONFIG}", "[^"]*default', listed)
+
+
+def test_semantic_features_of_a_photo():
+    from pathlib import Path
+
+    from core.imaging.io import load_image, to_float
+    from core.models.efficientnet_lite import load_pretrained
+    from core.propagation.semantic import SemanticConfig, semantic_features
+
+    photo = to_float(load_image(Path(__file__).resolve().parents[1] / "core/demo/photos/chelsea.jpg"))[..., :3]
+    photo = photo[::4, ::4]
+    backbone = load_pretrained()
+    cfg = SemanticConfig(channels=6, max_side=128)
+    features = semantic_features(photo, backbone, cfg)
+    assert features.shape == (*photo.shape[:2], 6) and features.dtype == np.float32
+    assert np.isfinite(features).all()
+    np.testing.assert_array_equal(features, semantic_features(photo, backbone, cfg))  # deterministic
+    spread = features.reshape(-1, 6).std(0)
+    assert 0.5 < spread[0] < 1.5 and (np.diff(spread) <= 1e-3).all()  # principal components in order
+    # A gray image (3 equal channels or 1) and a tiny one (fewer grid cells than channels) work too.
+    gray = np.repeat(photo.mean(2, keepdims=True), 3, axis=2)
+    assert semantic_features(gray[..., :1], backbone, cfg).shape[2] == 6
+    tiny = semantic_features(photo[:10, :12], backbone, SemanticConfig(channels=8))
+    assert tiny.shape == (10, 12, 8) and np.isfinite(tiny).all()
+
+
+def test_strokes_are_hard_constraints_of_the_post_processing():
+    img, labels = scene()
+    strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])
+    # A stroke of the background class inside the bright half: the network, fitting both classes by
+    # appearance, cannot reproduce it, the constraint does.
+    labels = labels.copy()
+    labels[20:24, 40:46] = 0
+    strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])
+    hard = SmoothingConfig(stroke_weight=100.0, data_weight=0.1)
+    result, _ = propagate(img, strokes, PropagationOptions(mode="select", model=FAST, smoothing=hard))
+    mask = result.output
+    assert (mask[labels == 1] > 0.95).all() and (mask[labels == 0] < 0.05).all()
+    assert (mask[:, :28] < 0.5).mean() > 0.95
+    assert np.abs(result.probabilities.sum(2) - 1).max() < 1e-4  # the raw estimate is returned as is
+    # The paper's post-processing holds stroke pixels only as firmly as the estimate there.
+    paper, _ = propagate(img, strokes, PropagationOptions(mode="select", model=FAST))
+    assert not ((paper.output[labels == 1] > 0.95).all() and (paper.output[labels == 0] < 0.05).all())
+
+
+def test_colorize_in_luma_keeps_the_gray_value_as_luma():
+    img, labels = scene()
+    gray = np.repeat(img.mean(2, keepdims=True), 3, axis=2)
+    strokes = stroke_set(labels, [(30, 90, 220), (230, 140, 30)])
+    options = PropagationOptions(mode="colorize", model=FAST, color_space="luma")
+    result, _ = propagate(gray, strokes, options)
+    luma = result.output @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.abs(luma - gray[..., 0]).max() < 2e-3  # out-of-gamut chroma shrinks, the luma stays
+    assert ((result.output <= 1e-6) | (result.output >= 1 - 1e-6)).any()  # ... up to the gamut's edge
+    lab = rgb_to_lab(result.output)
+    assert lab[:, :28, 2].mean() < -15 and lab[:, 36:, 2].mean() > 15  # blue vs orange
+
+
+def test_named_configurations():
+    from core.propagation.pipeline import CONFIGS, configured
+
+    paper = configured("select", "paper", seed=3)
+    assert paper.model == DeepPropConfig() and paper.smoothing == SmoothingConfig() and paper.seed == 3
+    assert paper.color_space == "lab" and paper.model.semantic_channels == 0
+    assert set(CONFIGS) >= {"paper", "semantic"}
+    assert configured("select").model.semantic_channels > 0  # the default adds the semantic features
+    with pytest.raises(SemanticError, match="Unknown DeepProp configuration"):
+        configured("select", "best")

@@ -6,8 +6,10 @@ polylines: [{"name", "color" (the color tag as #rrggbb, or null), "strokes": [[x
 in image coordinates, with "offset" [x, y] of the layer), rasterized here with "brush_width" (pixels;
 absent or 0: 2 % of the layer's short side).
 
-Params: "mode" select (default, as in the CLI and GIMP) | colorize | recolor | masks; "superpixels"
-(count, 0 = one per 100 pixels); "per_pixel"; "smoothing" (λ of Eq. 15, 0 = off); "fg_color"/"bg_color"
+Params: "mode" select (default, as in the CLI and GIMP) | colorize | recolor | masks; "config" (the
+named DeepProp configuration, core/propagation/pipeline.CONFIGS: "paper" is the published method);
+"superpixels" (count, 0 = one per 100 pixels); "per_pixel"; "smoothing" (λ of Eq. 15, 0 = off; absent:
+the configuration's); "fg_color"/"bg_color"
 (select: stroke pixels near these colors are foreground/background, default red/blue — the plug-in
 sends GIMP's FG/BG swatches; also what 'fg'/'bg' path names mean); "hard_selection" (select: threshold
 the mask at 0.5); "image_key" (names the image across runs so an edited path re-uses the trained
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 
 import numpy as np
 
@@ -30,13 +33,14 @@ from core.actions.inputs import get_bool, get_choice, get_float, get_int, requir
 from core.imaging.io import from_float, to_uint8
 from core.propagation import apps
 from core.propagation.pipeline import (
+    CONFIGS,
+    DEFAULT_CONFIG,
     ImageState,
-    PropagationOptions,
+    configured,
     image_fingerprint,
     prepare_rgb,
     propagate,
 )
-from core.propagation.smoothing import SmoothingConfig
 from core.propagation.strokes import (
     DEFAULT_BG,
     DEFAULT_FG,
@@ -111,6 +115,14 @@ def read_strokes(arrays: Arrays, params: dict, height: int, width: int, fg, bg, 
     raise bad_input("No strokes were sent: give a scribble layer ('strokes') or paths.")
 
 
+def _backbone(ctx: JobContext):
+    """The frozen ImageNet backbone of the semantic features, loaded once per daemon (kept in the
+    model cache like the networks of the other actions)."""
+    from core.models.efficientnet_lite import load_pretrained
+
+    return ctx.models.get("efficientnet-lite0:propagate", lambda: load_pretrained(device=ctx.device))
+
+
 def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     image = require_image(arrays)
     mode = get_choice(params, "mode", apps.DEFAULT_MODE, apps.MODES)
@@ -120,16 +132,19 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     if h * w < 4:
         raise bad_input("The image is too small to propagate strokes over.")
     strokes = read_strokes(arrays, params, h, w, fg, bg, mode)
-    smoothing = get_float(params, "smoothing", SmoothingConfig.strength, 0.0, 1000.0)
-    options = PropagationOptions(
-        mode=mode,
+    config = get_choice(params, "config", DEFAULT_CONFIG, tuple(CONFIGS))
+    options = configured(
+        mode,
+        config,
         superpixels=get_int(params, "superpixels", 0, 0, h * w),
         per_pixel=get_bool(params, "per_pixel", False),
-        smoothing=SmoothingConfig(strength=smoothing),
         fg=fg,
         bg=bg,
         seed=get_int(params, "seed", 0, 0, 2**31 - 1),
     )
+    if params.get("smoothing") is not None:  # λ of Eq. 15; absent: the configuration's
+        strength = get_float(params, "smoothing", options.smoothing.strength, 0.0, 1000.0)
+        options = replace(options, smoothing=replace(options.smoothing, strength=strength))
     ctx.report(0.01, "Reading strokes")
     rgb, alpha, _ = prepare_rgb(image)
     key = params.get("image_key") or None
@@ -139,7 +154,9 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
     with _LOCK:
         slot = ctx.models.get(cache_key, _Slot)
     with slot.lock:
-        result, slot.state = propagate(rgb, strokes, options, slot.state, ctx.report, ctx.device)
+        result, slot.state = propagate(
+            rgb, strokes, options, slot.state, ctx.report, ctx.device, backbone=lambda: _backbone(ctx)
+        )
 
     colors = result.colors.reshape(-1, 1, 3).astype(np.uint8)
     if mode in ("colorize", "recolor"):

@@ -1,6 +1,6 @@
 """gimp-semantic propagate IMAGE (--strokes SCRIBBLES.png | --paths PATHS.svg) -o OUT
 [--mode {colorize,recolor,select,masks}] [--fg-color C] [--bg-color C] [--hard-selection]
-[--superpixels N] [--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
+[--config NAME] [--superpixels N] [--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from core.commands.common import add_runtime_options, execute, write_output
 from core.imaging.io import load_image
 from core.propagation.apps import DEFAULT_MODE, MODES
-from core.propagation.smoothing import SmoothingConfig
+from core.propagation.pipeline import CONFIGS, DEFAULT_CONFIG
 from core.propagation.strokes import read_svg_paths, rgb_hex
 from core.protocol import bad_input
 
@@ -63,10 +63,18 @@ def register(subparsers) -> None:
         help="number of SLIC superpixels (default 0: one per 100 pixels)",
     )
     parser.add_argument(
+        "--config",
+        choices=sorted(CONFIGS),
+        default=DEFAULT_CONFIG,
+        help=f"DeepProp configuration (default {DEFAULT_CONFIG}); paper = Endo et al. 2016 as published",
+    )
+    parser.add_argument(
         "--smoothing",
         type=float,
-        default=SmoothingConfig.strength,
-        help=f"edge-aware post-processing strength λ (0 = off, default {SmoothingConfig.strength})",
+        default=None,
+        help="edge-aware post-processing strength λ (0 = off; default: the configuration's, "
+        + ", ".join(f"{name} {model_smoothing.strength:g}" for name, model_smoothing in _strengths())
+        + ")",
     )
     parser.add_argument(
         "--brush-width",
@@ -82,6 +90,10 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _strengths():
+    return [(name, config["smoothing"]) for name, config in sorted(CONFIGS.items())]
+
+
 def run(args) -> int:
     image = load_image(args.image)
     arrays = {"image": image}
@@ -91,6 +103,7 @@ def run(args) -> int:
         "bg_color": args.bg_color,
         "hard_selection": args.hard_selection,
         "superpixels": args.superpixels,
+        "config": args.config,
         "smoothing": args.smoothing,
         "brush_width": args.brush_width,
         "per_pixel": args.per_pixel,

@@ -68,6 +68,11 @@ class DeepPropConfig:
     # 0.66 of a full run against 0.34 (the interactive budget is 0.5), so the update skips it.
     incremental_pretrain: bool = False
     max_epochs: int = 30  # safety cap per stage; the ε/γ tests normally stop far earlier
+    # Beyond the paper: per-pixel semantic features of the frozen ImageNet backbone (PCA-reduced per
+    # image, core/propagation/semantic.py) join the fused layer through their own weights, W_ce e,
+    # beside W_cv f_v and W_cs f_s. 0 is the paper's network. They count as appearance, so
+    # pre-training (no SFE) learns them with the VFE.
+    semantic_channels: int = 0
 
     @property
     def vfe_spatial(self) -> int:
@@ -139,6 +144,9 @@ class DeepProp(nn.Module):
         # FC: W_cv f_v + W_cs f_s shares one bias, held by fc_v so pre-training (no SFE) trains it too.
         self.fc_v = nn.Linear(self.vfe.out_dim, cfg.feature_dim)
         self.fc_s = nn.Linear(cfg.feature_dim, cfg.feature_dim, bias=False)
+        self.fc_e = (
+            nn.Linear(cfg.semantic_channels, cfg.feature_dim, bias=False) if cfg.semantic_channels else None
+        )
         self.le = nn.Linear(cfg.feature_dim, num_classes)
         self.reset_parameters()
 
@@ -152,28 +160,43 @@ class DeepProp(nn.Module):
     def num_classes(self) -> int:
         return self.le.out_features
 
-    def features(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
-        """Fused 256-d feature f; ``coords=None`` is the pre-training network without the SFE."""
-        return self.fuse(self.vfe(patch), coords)
+    def features(
+        self, patch: torch.Tensor, coords: torch.Tensor | None, semantic: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fused 256-d feature f; ``coords=None`` is the pre-training network without the SFE;
+        ``semantic`` (N×semantic_channels) is required when the config has semantic channels."""
+        return self.fuse(self.vfe(patch), coords, semantic)
 
-    def fuse(self, f_v: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
+    def fuse(
+        self, f_v: torch.Tensor, coords: torch.Tensor | None, semantic: torch.Tensor | None = None
+    ) -> torch.Tensor:
         fused = self.fc_v(f_v)  # W_cv f_v + b_c
+        if self.fc_e is not None:
+            if semantic is None:
+                raise ValueError("this DeepProp network was built with semantic features; pass them")
+            fused = fused + self.fc_e(semantic)  # + W_ce e
         if coords is not None:
             f_s = F.relu(self.sfe(coords))  # SFE
             fused = fused + self.fc_s(f_s)  # + W_cs f_s
         return F.relu(fused)
 
-    def forward(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, patch: torch.Tensor, coords: torch.Tensor | None, semantic: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """patch: N×c×9×9, coords: N×2 (x, y) in [0, 1] or None → N×n logits (softmax in the loss)."""
-        return self.le(self.features(patch, coords))
+        return self.le(self.features(patch, coords, semantic))
 
-    def forward_columns(self, cols: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
+    def forward_columns(
+        self, cols: torch.Tensor, coords: torch.Tensor | None, semantic: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The same from conv1's im2col of the patches (``vfe.columns``), which training computes
         once for all of Ω' instead of once per mini-batch."""
-        return self.le(self.fuse(self.vfe.forward_columns(cols), coords))
+        return self.le(self.fuse(self.vfe.forward_columns(cols), coords, semantic))
 
-    def probabilities(self, patch: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor:
-        return torch.softmax(self.forward(patch, coords), dim=1)
+    def probabilities(
+        self, patch: torch.Tensor, coords: torch.Tensor | None, semantic: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.softmax(self.forward(patch, coords, semantic), dim=1)
 
     def resize_classes(self, keep: list[int | None]) -> None:
         """Incremental update (Sec. 4.1): the LE's new row i is old row ``keep[i]``, or fresh when None.
@@ -205,7 +228,7 @@ def parameter_counts(model: DeepProp) -> dict[str, int]:
     return {
         "vfe": count(model.vfe),
         "sfe": count(model.sfe),
-        "fc": count(model.fc_v) + count(model.fc_s),
+        "fc": count(model.fc_v) + count(model.fc_s) + (count(model.fc_e) if model.fc_e is not None else 0),
         "le": count(model.le),
         "total": count(model),
     }

@@ -23,6 +23,8 @@ class PatchSource:
     width: int
     radius: int
     offsets: torch.Tensor  # 81 flat offsets of a 9×9 window
+    # (H·W)×k per-pixel semantic features (core/propagation/semantic.py), None for the paper's inputs.
+    semantic: torch.Tensor | None = None
 
     @classmethod
     def from_image(
@@ -62,6 +64,19 @@ class PatchSource:
         flat = self.padded.view(self.channels, -1)
         return flat[:, index].permute(1, 0, 2).reshape(-1, self.channels, size, size)
 
+    def with_semantic(self, features: np.ndarray | None) -> PatchSource:
+        """The same source with H×W×k semantic features (None: without)."""
+        flat = None
+        if features is not None:
+            flat = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32).reshape(-1, features.shape[2]))
+            flat = flat.to(self.device)
+        return PatchSource(self.padded, self.height, self.width, self.radius, self.offsets, flat)
+
+    def semantic_at(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor | None:
+        if self.semantic is None:
+            return None
+        return self.semantic[ys.to(self.device) * self.width + xs.to(self.device)]
+
     def coords(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """(x, y) normalized to [0, 1] by the image size (Sec. 3)."""
         sx = 1.0 / max(self.width - 1, 1)
@@ -88,7 +103,7 @@ def predict(
     out = []
     for start in range(0, len(ys), batch):
         y, x = ys[start : start + batch], xs[start : start + batch]
-        out.append(model.probabilities(source.patches(y, x), source.coords(y, x)))
+        out.append(model.probabilities(source.patches(y, x), source.coords(y, x), source.semantic_at(y, x)))
     return torch.cat(out) if out else torch.zeros(0, model.num_classes, device=source.device)
 
 

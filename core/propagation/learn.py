@@ -123,6 +123,7 @@ def train_stage(
     errors: list[float],
     on_epoch: Callable[[int, float], None] | None = None,
     warmup_epochs: int = 0,
+    semantic: torch.Tensor | None = None,
 ) -> str:
     """Adam on mini-batches until E < ε|Ω'| or E rises by more than γ|Ω'| (Algorithm 1; the rise
     test skipped in the first ``warmup_epochs``), a stop on a rise restoring the parameters from
@@ -146,14 +147,18 @@ def train_stage(
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            logits = model.forward_columns(columns[idx], None if coords is None else coords[idx])
+            logits = model.forward_columns(
+                columns[idx],
+                None if coords is None else coords[idx],
+                None if semantic is None else semantic[idx],
+            )
             loss = stroke_loss(logits, targets[idx])
             optimizer.zero_grad(params)
             (loss / len(idx)).backward()
             optimizer.step(params)
             total += float(loss.detach()) / repeats
         if not cfg.running_error:
-            total = epoch_error(model, columns, coords, targets, cfg.batch_size * 16)
+            total = epoch_error(model, columns, coords, targets, cfg.batch_size * 16, semantic)
         errors.append(total / n)
         if on_epoch is not None:
             on_epoch(epoch, total / n)
@@ -174,12 +179,19 @@ def train_stage(
 
 @torch.no_grad()
 def epoch_error(
-    model: DeepProp, columns: torch.Tensor, coords: torch.Tensor | None, targets: torch.Tensor, batch: int
+    model: DeepProp,
+    columns: torch.Tensor,
+    coords: torch.Tensor | None,
+    targets: torch.Tensor,
+    batch: int,
+    semantic: torch.Tensor | None = None,
 ) -> float:
     total = 0.0
     for start in range(0, len(targets), batch):
         sl = slice(start, start + batch)
-        logits = model.forward_columns(columns[sl], None if coords is None else coords[sl])
+        logits = model.forward_columns(
+            columns[sl], None if coords is None else coords[sl], None if semantic is None else semantic[sl]
+        )
         total += float(stroke_loss(logits, targets[sl]))
     return total
 
@@ -211,6 +223,7 @@ def learn(
     ys_t, xs_t = torch.from_numpy(ys), torch.from_numpy(xs)
     columns = model.vfe.columns(source.patches(ys_t, xs_t)).contiguous()
     coords = source.coords(ys_t, xs_t)
+    semantic = source.semantic_at(ys_t, xs_t) if cfg.semantic_channels else None
     targets = torch.from_numpy(cls.astype(np.int64)).to(source.device)
     log = TrainingLog(samples=len(targets))
     optimizer = Adam(list(model.parameters()), cfg.learning_rate)
@@ -236,6 +249,7 @@ def learn(
             log.pretrain_errors,
             report("Pre-training", 0.0, 0.4),
             warmup_epochs=cfg.gamma_warmup_epochs if fresh else 0,
+            semantic=semantic,
         )
         if fresh:
             # The whole network starts as the pre-trained one: W_cs = 0 until training moves it, so
@@ -252,6 +266,7 @@ def learn(
         torch_gen,
         log.train_errors,
         report("Training", 0.4 if pretrain else 0.0, 0.6 if pretrain else 1.0),
+        semantic=semantic,
     )
     model.eval()
     model.zero_grad(set_to_none=True)  # the last step's gradients are not needed for estimation

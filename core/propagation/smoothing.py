@@ -38,6 +38,13 @@ class SmoothingConfig:
     # interiors of the estimated label regions.
     edges_from: str = "image"
     radius: float | None = None  # eroded band half-width in pixels; None: a quarter superpixel interval
+    # Beyond the paper: stroke pixels as constraints. With ``stroke_weight`` > 0 the estimate on a
+    # stroke pixel is replaced by its stroke's class and held there with this data weight (the
+    # paper: the network's estimate, weight β like any pixel), and every other pixel's β is scaled
+    # by ``data_weight``: below 1 the smoothing leans on the strokes and the image's edges more than
+    # on the network — toward a random walker seeded by the strokes with the network as its prior.
+    stroke_weight: float = 0.0
+    data_weight: float = 1.0
     tolerance: float = 1e-3  # relative residual of the CG solve
     max_iterations: int = 500
 

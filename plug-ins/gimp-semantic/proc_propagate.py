@@ -37,6 +37,13 @@ MODES = (
     ("masks", "Masks (one channel per stroke color)"),
 )
 DEFAULT_MODE = "select"  # the daemon's action and the CLI default to select too
+# The daemon's named DeepProp configurations (core/propagation/pipeline.CONFIGS); DEFAULT_METHOD is
+# its DEFAULT_CONFIG, the CLI's default too (a unit test compares them).
+METHODS = (
+    ("semantic", "DeepProp + semantic features (default: ImageNet features, strokes as constraints)"),
+    ("paper", "DeepProp as published (Endo et al. 2016)"),
+)
+DEFAULT_METHOD = "semantic"
 STROKE_COLORS = (
     ("context", "GIMP's foreground/background colors (FG/BG swatches)"),
     ("typed", "The colors typed below (red/blue unless changed)"),
@@ -59,6 +66,9 @@ INTERPOLATION_PRECISION = 0.5
 def _common_arguments(procedure):
     procedure.add_choice_argument(
         "mode", "_Mode", "What to do with the strokes", choice(*MODES), DEFAULT_MODE, RW
+    )
+    procedure.add_choice_argument(
+        "method", "Me_thod", "Which DeepProp configuration learns the strokes", choice(*METHODS), DEFAULT_METHOD, RW
     )
     procedure.add_choice_argument(
         "stroke-colors",
@@ -86,7 +96,13 @@ def _common_arguments(procedure):
         RW,
     )
     procedure.add_double_argument(
-        "smoothing", "S_moothing", "Edge-aware post-processing strength (0 = off)", 0.0, 100.0, 1.0, RW
+        "smoothing",
+        "S_moothing",
+        "Edge-aware post-processing strength λ (0 = off; 5 = the paper's and both methods' default)",
+        0.0,
+        100.0,
+        5.0,
+        RW,
     )
     procedure.add_boolean_argument(
         "per-pixel",
@@ -171,6 +187,7 @@ def _params(config, image, drawable) -> dict:
     fg, bg = _stroke_colors(config, image, mode)
     return {
         "mode": mode,
+        "config": config.get_property("method"),
         "superpixels": int(config.get_property("superpixels")),
         "smoothing": float(config.get_property("smoothing")),
         "per_pixel": bool(config.get_property("per-pixel")),
