@@ -285,3 +285,26 @@ def test_prior_adjustment_is_picked_on_select_and_folded_into_the_bias(tmp_path)
     training.adjust_for_prior(tmp_path, cache, cache, len(CLASSES), PERSON, (2.0,), note=lambda text: None)
     again = torch.load(tmp_path / "best.pt", weights_only=False)
     assert torch.equal(again["decoder"]["classifier.bias"], state["decoder"]["classifier.bias"])  # once only
+
+
+def test_lovasz_term_is_one_minus_iou_for_hard_predictions_and_has_gradients():
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(1, len(CLASSES), (2, 12, 12)).astype(np.uint8))
+    labels[0, :2] = 0  # unlabeled pixels
+    labels[1, :3] = NOT_PERSON  # known not-person pixels carry no IoU term either
+    predicted = labels.long().clone()
+    flip = torch.from_numpy(rng.random((2, 12, 12)) < 0.3)
+    predicted[flip] = torch.from_numpy(rng.integers(1, len(CLASSES), int(flip.sum())))
+    predicted[(labels == 0) | (labels == NOT_PERSON)] = 1
+    logits = 40.0 * F.one_hot(predicted, len(CLASSES)).permute(0, 3, 1, 2).float()
+    known = (labels != 0) & (labels != NOT_PERSON)
+    ious = []
+    for c in labels[known].unique():
+        truth, guess = (labels == c) & known, (predicted == c) & known
+        ious.append(float((truth & guess).sum()) / float((truth | guess).sum()))
+    loss = training.lovasz_softmax(logits, labels)
+    assert abs(float(loss) - (1 - np.mean(ious))) < 1e-4
+    soft = torch.randn(2, len(CLASSES), 12, 12, requires_grad=True)
+    training.lovasz_softmax(soft, labels).backward()
+    assert soft.grad is not None and float(soft.grad[:, 1:].abs().sum()) > 0
+    assert float(training.lovasz_softmax(soft.detach(), torch.zeros_like(labels))) == 0.0

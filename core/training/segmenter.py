@@ -116,6 +116,36 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch
     return total / norm.clamp_min(1.0)
 
 
+def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Lovász-softmax (Berman, Rannen Triki, Blaschko, CVPR 2018): per class present in the batch, the
+    Lovász extension of 1 − IoU evaluated at the pixels' errors |[y = c] − p_c|, averaged over classes.
+
+    Cross-entropy weighs every pixel; mean IoU weighs every class, and a class's IoU falls as much from
+    its few missed pixels as sky's from thousands, so this term pushes on exactly what the score counts.
+    logits N×K×S×S (class 0 never predicted), labels N×S×S; only labelled scene pixels count.
+    """
+    known = (labels != segmentation.UNLABELED) & (labels != segmentation.NOT_PERSON)
+    if not bool(known.any()):
+        return logits.sum() * 0
+    probabilities = logits[:, 1:].softmax(1).permute(0, 2, 3, 1)[known]
+    target = labels[known].long() - 1
+    losses = []
+    for c in target.unique():
+        foreground = (target == c).to(probabilities.dtype)
+        errors, order = (foreground - probabilities[:, c]).abs().sort(descending=True)
+        losses.append(errors @ _lovasz_jaccard_gradient(foreground[order]))
+    return torch.stack(losses).mean()
+
+
+def _lovasz_jaccard_gradient(foreground_sorted: torch.Tensor) -> torch.Tensor:
+    """Increments of the Jaccard loss as the pixels, sorted by error, are counted wrong one by one."""
+    total = foreground_sorted.sum()
+    intersection = total - foreground_sorted.cumsum(0)
+    union = total + (1 - foreground_sorted).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
 def predict(decoder, cache: FeatureCache, idx, label_side: int) -> torch.Tensor:
     logits = decoder(batch_features(cache, idx))
     return F.interpolate(logits, size=(label_side, label_side), mode="bilinear", align_corners=False)
@@ -179,6 +209,9 @@ def train(args: argparse.Namespace) -> None:
     labelled = train_cache.labels[train_cache.labels != segmentation.NOT_PERSON].numpy()
     weights = class_weights(labelled, classes.count, args.class_balance)
     decoder = model.decoder
+    if args.init and not (args.resume and (args.out / "last.pt").exists()):
+        decoder.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["decoder"])
+        note(json.dumps({"initialised_from": str(args.init)}))
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, best, elapsed = 0, -1.0, 0.0
     last = args.out / "last.pt"
@@ -196,7 +229,13 @@ def train(args: argparse.Namespace) -> None:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(args.lr, step, args.steps)
         logits = predict(decoder, train_cache, idx, args.label_side)
-        loss = segmentation_loss(logits, train_cache.labels[idx], weights, person_id, args.not_person_weight)
+        labels = train_cache.labels[idx]
+        loss = segmentation_loss(logits, labels, weights, person_id, args.not_person_weight)
+        if args.lovasz > 0:
+            # at a quarter of the pixels: one sort per class present, the batch's pixels pooled
+            stride = max(1, args.label_side // args.lovasz_side)
+            coarse = F.avg_pool2d(logits, stride) if stride > 1 else logits
+            loss = loss + args.lovasz * lovasz_softmax(coarse, labels[:, ::stride, ::stride])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -372,9 +411,15 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict, export_fla
     command = (f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
                f"--steps {args['steps']} --batch {args['batch']} --lr {args['lr']} --width {args['width']} "
                f"--class-balance {args['class_balance']} --not-person-weight {args['not_person_weight']} "
-               f"--threads {args['threads']} [--resume]\n"
+               + (f"--lovasz {args['lovasz']} --lovasz-side {args['lovasz_side']} " if args.get("lovasz") else "")
+               + (f"--init {args['init']} " if args.get("init") else "")
+               + f"--threads {args['threads']} [--resume]\n"
                f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
                f"--export {weight_id} {export_flags}".rstrip())
+    lovasz_text = (f", plus {args['lovasz']} × the Lovász-softmax IoU term at {args['lovasz_side']}²"
+                   if args.get("lovasz") else "")
+    if args.get("init"):
+        lovasz_text += f"; the decoder started from `{args['init']}` (fine-tuning)"
     return f"""# {weight_id}
 
 Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `segmenter`): the frozen
@@ -408,9 +453,10 @@ Backbone features of every view cached once; the decoder trains on the cache: Ad
 (cosine), weight decay {args['weight_decay']}, batch {args['batch']}, {args['steps']} steps, loss at
 {args['label_side']}², cross-entropy weighted by (median / class frequency)^{args['class_balance']}
 clipped to [0.1, 10], plus −log(1 − p(person)) on Clothing Co-Parsing's non-person pixels (weight
-{args['not_person_weight']}). Best select score (SIFT Flow mIoU + {SELECT_PEOPLE_WEIGHT} × people person IoU)
-at step {state['step']}; then the logit adjustment (class scores − τ·log training prior, folded into the
-classifier's bias) with τ picked on select: {adjustment}.
+{args['not_person_weight']}){lovasz_text}.
+Best select score (SIFT Flow mIoU + {SELECT_PEOPLE_WEIGHT} × people person IoU) at step {state['step']};
+then the logit adjustment (class scores − τ·log training prior, folded into the classifier's bias)
+with τ picked on select: {adjustment}.
 Select scores of the exported decoder: `{json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                     for k, v in state['metrics'].items()})}`.
 Decoder training time {state['elapsed_s'] / 60:.1f} min (step time, after the feature cache) on
@@ -449,6 +495,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="loss weight power on median/class frequency (0 = plain cross-entropy)")
     p.add_argument("--not-person-weight", type=float, default=1.0)
     p.add_argument("--no-people", action="store_true", help="ablation: SIFT Flow only")
+    p.add_argument("--lovasz", type=float, default=0.0, help="weight of the Lovász-softmax (IoU) term")
+    p.add_argument("--lovasz-side", type=int, default=64, help="the Lovász term is computed at this size")
+    p.add_argument("--init", type=Path, help="start the decoder from this checkpoint's (fine-tuning)")
     p.add_argument("--prior-adjustment", type=float, nargs="*", default=[-1.0, -0.75, -0.5, -0.25, 0.0, 0.5],
                    help="logit-adjustment strengths τ tried on the select split after training (none: skip)")
     p.add_argument("--eval-every", type=int, default=100)
