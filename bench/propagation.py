@@ -5,6 +5,16 @@ Levin et al. 2004. Prints JSON.
     python -m bench.propagation [--data ../shared/datasets] [--threads N] [--per-set 8] [--colorize 4]
                                 [--split bench|dev] [--out bench/results] [--max-side 480]
                                 [--sizes 400x314,...] [--repeat 3] [--skip-speed] [--skip-quality]
+                                [--skip-colorize] [--config semantic|paper] [--set PART.FIELD=VALUE]
+                                [--methods deepprop,grabcut,random_walker]
+
+``--config`` picks DeepProp's named configuration (core/propagation/pipeline.CONFIGS; "paper" is the
+published method), ``--set`` overrides one field for an ablation (``model.semantic_channels=16``,
+``smoothing.data_weight=0.01``, ``semantic.taps=stride4+stride8``, ``color_space=luma``).
+
+Splits: a fixed quarter of each set (by a hash of the image id; of the sequence for DAVIS) is the
+development split, used to choose settings; the bench reports the other three quarters. Only 2 of
+DAVIS's 15 sequences hash into dev, so dev takes all their frames (never a bench sequence's).
 
 Speed (a): real photos resized to 400×314 (10 strokes), 640×480 (5) and 1800×1200 (19); strokes are
 lines through the interiors of distinct BSDS segments (mapped to the resized image), brush ≈ 1% of

@@ -621,3 +621,22 @@ def test_named_configurations():
     assert configured("select").model.semantic_channels > 0  # the default adds the semantic features
     with pytest.raises(SemanticError, match="Unknown DeepProp configuration"):
         configured("select", "best")
+
+
+def test_default_configuration_fills_regions_up_to_the_frame():
+    # The GIMP e2e masks scene: strokes stop 14 px short of the top and bottom. The backbone's zero
+    # padding once made the top rows' features unlike the rest of their region (wrong class there).
+    from core.propagation.pipeline import configured
+
+    h, w = 100, 140
+    y, x = np.mgrid[0:h, 0:w]
+    gray = (70 + (x * 7 + y * 13) % 23) / 255
+    bright = (170 + 30 * ((x // 3) % 2)) / 255
+    img = np.where((x < 70)[..., None], gray[..., None], np.stack([bright, bright - 5 / 255, bright - 10 / 255], 2))
+    labels = np.full((h, w), -1, np.int32)
+    labels[14:94, 116:121] = 0  # the class order of the e2e scene's scribble layer: blue, then red
+    labels[14:94, 26:31] = 1
+    result, _ = propagate(img.astype(np.float32), stroke_set(labels, [(0, 0, 255), (255, 0, 0)]), configured("masks"))
+    red = result.output[..., 1]
+    assert (red[:14, :50] > 0.5).all() and (red[-6:, :50] > 0.5).all()  # the bands off the strokes
+    assert (red[:, :60] > 0.5).mean() > 0.98 and (red[:, 80:] < 0.5).mean() > 0.98

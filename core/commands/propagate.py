@@ -1,6 +1,6 @@
 """gimp-semantic propagate IMAGE (--strokes SCRIBBLES.png | --paths PATHS.svg) -o OUT
 [--mode {colorize,recolor,select,masks}] [--fg-color C] [--bg-color C] [--hard-selection]
-[--config NAME] [--superpixels N] [--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
+[--config NAME] [--color-space lab|luma] [--superpixels N] [--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.commands.common import add_runtime_options, execute, write_output
 from core.imaging.io import load_image
-from core.propagation.apps import DEFAULT_MODE, MODES
+from core.propagation.apps import COLOR_SPACES, DEFAULT_MODE, MODES
 from core.propagation.pipeline import CONFIGS, DEFAULT_CONFIG
 from core.propagation.strokes import read_svg_paths, rgb_hex
 from core.protocol import bad_input
@@ -69,6 +69,13 @@ def register(subparsers) -> None:
         help=f"DeepProp configuration (default {DEFAULT_CONFIG}); paper = Endo et al. 2016 as published",
     )
     parser.add_argument(
+        "--color-space",
+        choices=COLOR_SPACES,
+        default=None,
+        help="colorize: keep the gray's CIELab lightness (lab, the default: a gray made from luminance, as "
+        "GIMP makes it) or its Rec. 601 luma (luma: a gray made by most other software)",
+    )
+    parser.add_argument(
         "--smoothing",
         type=float,
         default=None,
@@ -104,6 +111,7 @@ def run(args) -> int:
         "hard_selection": args.hard_selection,
         "superpixels": args.superpixels,
         "config": args.config,
+        "color_space": args.color_space,
         "smoothing": args.smoothing,
         "brush_width": args.brush_width,
         "per_pixel": args.per_pixel,

@@ -73,6 +73,9 @@ class DeepPropConfig:
     # beside W_cv f_v and W_cs f_s. 0 is the paper's network. They count as appearance, so
     # pre-training (no SFE) learns them with the VFE.
     semantic_channels: int = 0
+    # Beyond the paper: in an incremental update, this share of each class's Ω' is drawn from the
+    # stroke pixels the kept network was not trained on (0: in proportion, as the paper).
+    new_stroke_share: float = 0.0
 
     @property
     def vfe_spatial(self) -> int:

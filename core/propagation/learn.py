@@ -30,20 +30,37 @@ class TrainingLog:
 
 
 def sample_training_set(
-    labels: np.ndarray, ratio: float, generator: np.random.Generator, min_per_class: int = 16
+    labels: np.ndarray,
+    ratio: float,
+    generator: np.random.Generator,
+    min_per_class: int = 16,
+    new_pixels: np.ndarray | None = None,
+    new_share: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ω': ``ratio`` of the stroke pixels (Algorithm 1, line 1), the same number from every class
     (at least ``min_per_class``). A class with fewer stroke pixels than its share has them repeated:
     drawn in proportion, a small object's ~16 samples sat beside hundreds of background ones, and
-    the summed error of Eq. 12 was mostly the background's."""
+    the summed error of Eq. 12 was mostly the background's.
+
+    ``new_pixels`` (H×W bool, an incremental update's strokes that the kept network was not trained
+    on) with ``new_share`` > 0: that share of each class's samples comes from its new pixels, where
+    it has any. A correction stroke is a small part of its class, so drawn in proportion it hardly
+    moves the network that was wrong there."""
     ys, xs = np.nonzero(labels >= 0)
     cls = labels[ys, xs]
     classes = np.unique(cls)
     share = max(min_per_class, int(round(ratio * len(ys) / len(classes))))
+    fresh = new_pixels[ys, xs] if new_pixels is not None and new_share > 0 else None
     picked = []
     for k in classes:
         members = np.flatnonzero(cls == k)
-        if len(members) >= share:
+        if fresh is not None and fresh[members].any() and not fresh[members].all():
+            novel = members[fresh[members]]
+            count = int(round(new_share * share))
+            picked.append(generator.choice(novel, count, replace=len(novel) < count))
+            old = members[~fresh[members]]
+            picked.append(generator.choice(old, share - count, replace=len(old) < share - count))
+        elif len(members) >= share:
             picked.append(generator.choice(members, share, replace=False))
         else:
             extra = generator.choice(members, share - len(members), replace=True)
@@ -204,10 +221,12 @@ def learn(
     seed: int = 0,
     pretrain: bool | None = None,
     progress: Progress | None = None,
+    new_pixels: np.ndarray | None = None,
 ) -> tuple[DeepProp, TrainingLog]:
     """Algorithm 1. ``model=None`` builds a fresh network (lines 1–3); a given model (already resized to
     the current classes) re-enters the algorithm at line 4 with its parameters (Sec. 4.1): both
-    stages run again from the kept weights, unless ``pretrain=False``."""
+    stages run again from the kept weights, unless ``pretrain=False``. ``new_pixels``: the stroke pixels
+    the kept model was not trained on (see ``sample_training_set``)."""
     num_classes = int(labels.max()) + 1
     cfg = replace(cfg, in_channels=source.channels)
     generator = np.random.default_rng(seed)
@@ -219,7 +238,9 @@ def learn(
     else:
         fresh = False
     pretrain = cfg.incremental_pretrain if pretrain is None and not fresh else pretrain is not False
-    ys, xs, cls = sample_training_set(labels, cfg.sample_ratio, generator)
+    ys, xs, cls = sample_training_set(
+        labels, cfg.sample_ratio, generator, new_pixels=None if fresh else new_pixels, new_share=cfg.new_stroke_share
+    )
     ys_t, xs_t = torch.from_numpy(ys), torch.from_numpy(xs)
     columns = model.vfe.columns(source.patches(ys_t, xs_t)).contiguous()
     coords = source.coords(ys_t, xs_t)

@@ -229,7 +229,11 @@ def propagate(
         report(0.7, "Strokes unchanged; reusing the trained network")
     else:
         model = None
+        new_pixels = None
         if incremental:
+            previous = state.stroke_labels
+            marked = strokes.labels >= 0
+            new_pixels = marked if previous is None or previous.shape != marked.shape else marked & (previous < 0)
             # A copy, so a cancelled or failed run leaves the kept network and its class keys intact.
             model = copy.deepcopy(state.model)
             model.resize_classes(kept_rows)
@@ -240,6 +244,7 @@ def propagate(
             cfg,
             seed=options.seed,
             progress=lambda f, t: report(0.05 + 0.65 * f, t),
+            new_pixels=new_pixels,
         )
     state.model, state.class_keys, state.strokes_digest = model, keys, digest
     state.stroke_labels = strokes.labels

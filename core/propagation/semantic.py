@@ -31,6 +31,7 @@ class SemanticConfig:
     channels: int = 8  # principal components kept; 0 = no semantic features (the paper's network)
     taps: tuple[str, ...] = ("stride8", "stride16")
     max_side: int = 384  # the backbone sees the image downscaled to at most this long side
+    border: int = 32  # mirrored margin (pixels of the downscaled image) against the frame's zero padding
 
 
 @torch.no_grad()
@@ -46,7 +47,16 @@ def semantic_features(rgb: np.ndarray, backbone: EfficientNetLite0, cfg: Semanti
     if small != (h, w):
         image = F.interpolate(image, size=small, mode="bilinear", align_corners=False, antialias=True)
     device = next(backbone.parameters()).device
+    # The backbone zero-pads its convolutions, so features near the frame differ from the same
+    # content inside the image: strokes that stay off the frame (as they usually do) then leave a band
+    # along it unexplained (on the GIMP e2e scene the top rows went to the wrong class). The image is
+    # mirrored outward by a margin a multiple of the coarsest stride, and the margin cropped off.
+    pad = cfg.border
+    if pad:
+        mode = "reflect" if min(small) > pad else "replicate"
+        image = F.pad(image, (pad, pad, pad, pad), mode=mode)
     maps = backbone.features(image.to(device), cfg.taps)
+    maps = {name: _crop(fmap, pad, image.shape[-2:]) for name, fmap in maps.items()}
     grid = maps[cfg.taps[0]].shape[-2:]
     stacked = []
     for name in cfg.taps:
@@ -68,3 +78,15 @@ def semantic_features(rgb: np.ndarray, backbone: EfficientNetLite0, cfg: Semanti
     lowres = projected.T.reshape(1, cfg.channels, *grid)
     full = F.interpolate(lowres, size=(h, w), mode="bilinear", align_corners=False)[0]
     return full.permute(1, 2, 0).contiguous().numpy()
+
+
+def _crop(fmap: torch.Tensor, pad: int, padded: torch.Size) -> torch.Tensor:
+    """A feature map of the padded image → the part over the image itself (its stride from its size)."""
+    if not pad:
+        return fmap
+    stride_y = padded[0] / fmap.shape[-2]
+    stride_x = padded[1] / fmap.shape[-1]
+    top, left = round(pad / stride_y), round(pad / stride_x)
+    bottom = fmap.shape[-2] - round(pad / stride_y)
+    right = fmap.shape[-1] - round(pad / stride_x)
+    return fmap[..., top:bottom, left:right]
