@@ -286,3 +286,19 @@ def test_semantic_features_are_learned_in_pre_training_and_separate_same_colored
 
     with_semantic, paper = accuracy(DeepPropConfig(semantic_channels=8), semantic), accuracy(DeepPropConfig(), None)
     assert with_semantic > 0.85 and paper < with_semantic - 0.2
+
+
+def test_an_update_can_draw_a_share_of_each_class_from_the_new_strokes():
+    labels = np.full((100, 100), -1, np.int32)
+    labels[10:30, 10:90] = 0  # 1600 old pixels
+    labels[60:90, 10:90] = 1  # 2400 old pixels ...
+    labels[95:97, 10:30] = 1  # ... and 40 new ones (a correction stroke)
+    new = np.zeros((100, 100), bool)
+    new[95:97, 10:30] = True
+    ys, xs, cls = sample_training_set(labels, 0.1, np.random.default_rng(0), new_pixels=new, new_share=0.5)
+    picked_new = new[ys, xs]
+    assert (cls == 0).sum() == (cls == 1).sum()
+    assert picked_new[cls == 1].mean() == pytest.approx(0.5, abs=0.01)  # in proportion: 40/2440 ≈ 2 %
+    assert not picked_new[cls == 0].any()  # a class without new pixels is drawn as before
+    ys, xs, cls = sample_training_set(labels, 0.1, np.random.default_rng(0), new_pixels=new, new_share=0.0)
+    assert new[ys, xs][cls == 1].mean() < 0.1  # share 0: the paper's proportional draw
