@@ -640,3 +640,19 @@ def test_default_configuration_fills_regions_up_to_the_frame():
     red = result.output[..., 1]
     assert (red[:14, :50] > 0.5).all() and (red[-6:, :50] > 0.5).all()  # the bands off the strokes
     assert (red[:, :60] > 0.5).mean() > 0.98 and (red[:, 80:] < 0.5).mean() > 0.98
+
+
+def test_stroke_prior_reweights_the_estimate_by_the_classes_stroke_shares():
+    from dataclasses import replace
+
+    img, labels = scene()
+    labels = labels.copy()
+    labels[8:40, 50:54] = -1
+    labels[8:40, 46:58] = 1  # class 1 has 3× class 0's stroke pixels
+    strokes = stroke_set(labels, [(0, 0, 255), (255, 0, 0)])
+    plain, _ = propagate(img, strokes, PropagationOptions(mode="masks", model=FAST))
+    model = replace(FAST, stroke_prior=1.0)
+    weighted, _ = propagate(img, strokes, PropagationOptions(mode="masks", model=model))
+    expected = plain.probabilities * np.array([0.5, 1.5], np.float32)  # share × classes
+    expected /= expected.sum(2, keepdims=True)
+    np.testing.assert_allclose(weighted.probabilities, expected, atol=1e-5)

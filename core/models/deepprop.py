@@ -76,6 +76,12 @@ class DeepPropConfig:
     # Beyond the paper: in an incremental update, this share of each class's Ω' is drawn from the
     # stroke pixels the kept network was not trained on (0: in proportion, as the paper).
     new_stroke_share: float = 0.0
+    # Beyond the paper: the balanced Ω' trains the network as if every class covered the same share
+    # of the image, so a small object's class is over-predicted. With ``stroke_prior`` = 1 the
+    # estimate's class probabilities are re-weighted by each class's share of the stroke pixels (the
+    # prior the paper's proportional Ω' had built in) times the number of classes, then renormalized;
+    # 0 leaves them as trained.
+    stroke_prior: float = 0.0
 
     @property
     def vfe_spatial(self) -> int:
