@@ -78,6 +78,15 @@ def test_exported_map_given_back_reproduces_the_automatic_result_bit_for_bit(wei
     assert np.array_equal(run({"image": rgba, **channels})["image"], out["image"])
 
 
+def test_default_head_is_eq2_alone_and_the_map_model_where_a_map_is_involved(weights):
+    rgba = image()
+    plain = run({"image": rgba})["image"]
+    assert np.array_equal(plain, run({"image": rgba}, head="direct")["image"])
+    with_map = run({"image": rgba}, return_map=True)["image"]
+    assert np.array_equal(with_map, run({"image": rgba}, head="map")["image"])
+    assert not np.array_equal(plain, with_map)  # the two heads differ, so the choice above is observable
+
+
 def test_personal_map_changes_only_the_painted_pixels(weights):
     rgba = image()
     auto = run({"image": rgba}, return_map=True)

@@ -38,8 +38,10 @@ def register(subparsers) -> None:
     parser.add_argument("--inside-preset", type=int, default=0, help="preset inside --mask (default 0)")
     parser.add_argument("--outside-preset", type=int, default=-1,
                         help="preset outside --mask (default -1: keep the predicted map)")
-    parser.add_argument("--head", choices=HEADS, default="map",
-                        help="'map': semantic adjustment map model (default); 'direct': Eq. 2 without it")
+    parser.add_argument("--head", choices=HEADS, default="auto",
+                        help="'direct': Eq. 2, the most accurate automatic adjustment; 'map': the semantic "
+                             "adjustment map model (needed for maps); 'auto' (default): 'map' when a map is "
+                             "given or exported, else 'direct'")
     add_runtime_options(parser)
     parser.set_defaults(func=run)
 
