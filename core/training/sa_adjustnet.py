@@ -17,6 +17,14 @@ follows a cosine over the minutes); every ``--eval-every`` steps the model is me
 split (never the bench's *report* split) with the argmax map, and the best is kept. ``--export DIR`` writes
 the best checkpoint as ``sa-adjustnet-<style>.safetensors`` with each preset's measured effect, and
 registers it in DIR's manifest.
+
+``--finetune-stages N`` (1 or 2; default 0, frozen) fine-tunes the backbone's blocks behind the last N
+hypercolumn taps at ``--backbone-lr-scale`` × the heads' rate (the paper: 0.5): those taps are recomputed
+live, with gradients, from the cached map before them (N = 1: the stride-8 map feeds blocks 5–10, which
+give the stride-16 map; N = 2: the stride-4 map feeds blocks 3–10), so the cache stays valid. The backbone's
+batch norm keeps ImageNet's statistics (eval mode, as when frozen); its affine parameters are tuned. A
+fine-tuned checkpoint is not exported: the shipped files hold no backbone weights and share the one
+pretrained Lite0 with the other models.
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ import torch
 
 from core.data import adjustment_styles as styles
 from core.imaging.color import rgb_to_lab_torch
-from core.models.efficientnet_lite import load_pretrained
+from core.models.efficientnet_lite import FEATURE_STRIDES, LITE0_STAGES, load_pretrained
 from core.models.sa_adjustnet import (
+    LITE0_TAPS,
     VARIANTS,
     GlobalColorMapping,
     SAAdjustNet,
@@ -162,6 +171,34 @@ def cached_stages(data: dict[str, np.ndarray], indices: np.ndarray) -> list[torc
     return [torch.from_numpy(data[k][indices]).float() for k in MAP_KEYS]
 
 
+def tap_blocks(tuned: int) -> range:
+    """Indices of the Lite0 blocks after the cached tap that feeds the last ``tuned`` taps, up to the last tap
+    (empty when frozen)."""
+    if not 0 <= tuned < len(LITE0_TAPS):
+        raise ValueError(f"--finetune-stages must be 0 to {len(LITE0_TAPS) - 1} (the first tap is never "
+                         f"recomputed: the cache holds no map before it), got {tuned}")
+    stage_ends = np.cumsum([stage.repeats for stage in LITE0_STAGES]) - 1  # each stage's last block
+    taps = [int(stage_ends[FEATURE_STRIDES[t]]) for t in LITE0_TAPS]
+    return range(taps[-tuned - 1] + 1, taps[-1] + 1) if tuned else range(0)
+
+
+def backbone_stages(model: SAAdjustNet, data: dict[str, np.ndarray], indices: np.ndarray,
+                    tuned: int = 0) -> list[torch.Tensor]:
+    """The hypercolumn's stage maps: cached, except the last ``tuned`` taps, recomputed (with gradients
+    when the model trains) from the cached tap before them by the backbone's own blocks."""
+    stages = cached_stages(data, indices)
+    if not tuned:
+        return stages
+    backbone = model.backbone
+    tap_ends = {backbone.stage_ends[FEATURE_STRIDES[t]]: i for i, t in enumerate(LITE0_TAPS)}
+    x = stages[len(stages) - tuned - 1]
+    for index in tap_blocks(tuned):
+        x = backbone._blocks[index](x)
+        if index in tap_ends:
+            stages[tap_ends[index]] = x
+    return stages
+
+
 def sample_pixels(rng: np.random.Generator, n: int, size: int, pixels: int):
     ys = torch.from_numpy(rng.integers(0, size, (n, pixels)))
     xs = torch.from_numpy(rng.integers(0, size, (n, pixels)))
@@ -176,12 +213,12 @@ def gather(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
 
 
 def make_batch(model: SAAdjustNet, data: dict[str, np.ndarray], indices: np.ndarray, rng: np.random.Generator,
-               pixels: int):
+               pixels: int, tuned: int = 0):
     """(encoded maps, sampled grid N×P×2, input Lab N×P×3 scaled, target change N×P×3 scaled)."""
     rgb = u8_to_rgb(data["inputs"][indices])
     with torch.no_grad():
         first = model.first_map(rgb)
-    enc = model.encode_maps(first, cached_stages(data, indices))
+    enc = model.encode_maps(first, backbone_stages(model, data, indices, tuned))
     size = rgb.shape[-1]
     grid, flat = sample_pixels(rng, len(indices), size, pixels)
     lab_in = gather(scale_lab(rgb_to_lab_torch(rgb), dim=1), flat)
@@ -189,12 +226,12 @@ def make_batch(model: SAAdjustNet, data: dict[str, np.ndarray], indices: np.ndar
     return enc, grid, lab_in, lab_out - lab_in
 
 
-def parse_batch(model: SAAdjustNet, data: dict[str, np.ndarray], rng: np.random.Generator):
+def parse_batch(model: SAAdjustNet, data: dict[str, np.ndarray], rng: np.random.Generator, tuned: int = 0):
     indices = rng.integers(0, len(data["inputs"]), PARSE_BATCH)
     size = data["inputs"].shape[1]
     grid, flat = sample_pixels(rng, PARSE_BATCH, size, PARSE_PIXELS)
     labels = torch.gather(torch.from_numpy(data["labels"][indices]).long().reshape(PARSE_BATCH, -1), 1, flat)
-    logits = model.parse_logits(model.context_map(cached_stages(data, indices)), grid)
+    logits = model.parse_logits(model.context_map(backbone_stages(model, data, indices, tuned)), grid)
     return logits, torch.where(labels > 0, labels, -1)  # 0 = unlabeled, ignored
 
 
@@ -212,7 +249,7 @@ def spread(count: int, limit: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model: SAAdjustNet, baseline: GlobalColorMapping, data: dict[str, np.ndarray],
-             limit: int = 64) -> dict[str, float]:
+             limit: int = 64, tuned: int = 0) -> dict[str, float]:
     """Mean per-pixel CIELab L2 error (Lab units) on cached images of a split, every pixel, the map head
     with its argmax map; also how often each preset is chosen."""
     model.eval()
@@ -223,7 +260,7 @@ def evaluate(model: SAAdjustNet, baseline: GlobalColorMapping, data: dict[str, n
     grid = pixel_grid(size, size).reshape(1, -1, 2)
     for i in picks:
         rgb = u8_to_rgb(data["inputs"][i:i + 1])
-        enc = model.encode_maps(model.first_map(rgb), cached_stages(data, np.array([i])))
+        enc = model.encode_maps(model.first_map(rgb), backbone_stages(model, data, np.array([i]), tuned))
         pixels = scale_lab(rgb_to_lab_torch(rgb), dim=1).reshape(1, 3, -1).transpose(1, 2)
         target = scale_lab(rgb_to_lab_torch(u8_to_rgb(data["targets"][i:i + 1])), dim=1)
         target = target.reshape(1, 3, -1).transpose(1, 2)
@@ -246,6 +283,9 @@ def export(checkpoint: Path, directory: Path, style: str, select: dict[str, np.n
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     best = ckpt.get("best") or {"model": ckpt["model"], "metrics": {}, "step": ckpt["step"]}
     config = ckpt["config"]
+    if config.get("backbone_lr_scale", 0) > 0:
+        raise SystemExit(f"{checkpoint} fine-tuned backbone blocks (--finetune-stages): SA-AdjustNet's weight "
+                         "files hold no backbone and load the shared frozen Lite0, so it cannot be exported")
     model = SAAdjustNet(VARIANTS["lite0"].from_dict(config))
     model.backbone = load_pretrained()
     model.load_state_dict(best["model"], strict=False)
@@ -266,6 +306,15 @@ def export(checkpoint: Path, directory: Path, style: str, select: dict[str, np.n
 # --- training ---------------------------------------------------------------------------------
 
 
+def trained_state(model: SAAdjustNet, tuned_blocks: range, tuned: int) -> dict[str, torch.Tensor]:
+    """The model's trained state plus the fine-tuned backbone blocks (the frozen rest lives in its own file)."""
+    state = model.trained_state()
+    if tuned:
+        prefixes = tuple(f"backbone._blocks.{i}." for i in tuned_blocks)
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(prefixes)})
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--style", choices=styles.STYLES, required=True)
@@ -275,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("runs/sa_adjustnet/cache"))
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: the variant's)")
     parser.add_argument("--parse-weight", type=float, help="λ of Eq. 9 (default: the variant's)")
+    parser.add_argument("--finetune-stages", type=int, default=0,
+                        help="fine-tune the backbone blocks behind the last N hypercolumn taps (0 = frozen, "
+                             "1 = stride 16, 2 = strides 8 and 16), recomputed from the cache")
+    parser.add_argument("--backbone-lr-scale", type=float, default=0.5,
+                        help="the fine-tuned blocks' rate relative to the heads' (the paper: 0.5)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock training budget")
     parser.add_argument("--max-steps", type=int, default=0, help="also stop after this many steps (0 = no limit)")
@@ -300,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, learning_rate=args.lr)
     if args.parse_weight is not None:
         config = replace(config, parse_weight=args.parse_weight)
+    tuned = args.finetune_stages
+    tuned_blocks = tap_blocks(tuned)  # also rejects a stage count the cache cannot serve
+    if tuned:
+        config = replace(config, backbone_lr_scale=args.backbone_lr_scale)
     torch.manual_seed(args.seed)
     model, baseline = SAAdjustNet(config), GlobalColorMapping()
     model.backbone = load_pretrained()
@@ -314,8 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     log(f"style {args.style}: {len(train['inputs'])} training images (with mirrors), {len(select['inputs'])} "
         f"select, {len(parse['inputs'])} parse")
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
+    tuned_params = [p for i in tuned_blocks for p in model.backbone._blocks[i].parameters()] if tuned else []
+    for p in tuned_params:
+        p.requires_grad_(True)
+    heads = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in tuned_params)]
+    # Each group's rate is the schedule's times its scale (the backbone's: the paper's lower rate).
+    groups = [{"params": heads, "lr_scale": 1.0}]
+    if tuned_params:
+        groups.append({"params": tuned_params, "lr_scale": config.backbone_lr_scale})
+    optimizer = torch.optim.Adam(groups, lr=config.learning_rate)
     baseline_opt = torch.optim.Adam(baseline.parameters(), lr=BASELINE_LR)
     step, elapsed, best = 0, 0.0, None
     rng = np.random.default_rng(args.seed)
@@ -335,13 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.time() - started
         lr = config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         for group in baseline_opt.param_groups:
             group["lr"] = BASELINE_LR * lr / config.learning_rate
         indices = rng.integers(0, len(train["inputs"]), args.batch)
-        enc, grid, lab_pixels, change = make_batch(model, train, indices, rng, config.sample_pixels)
+        enc, grid, lab_pixels, change = make_batch(model, train, indices, rng, config.sample_pixels, tuned)
         out = model.heads(enc, grid, lab_pixels, update_frequency=True)
-        loss, parts = total_loss(model, out, change, parse_batch(model, parse, rng))
+        loss, parts = total_loss(model, out, change, parse_batch(model, parse, rng, tuned))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -361,12 +426,12 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(f"{k} {v:.5f}" for k, v in running.items()) + f" a_k {freq}")
         done = elapsed >= budget or (args.max_steps and step >= args.max_steps)
         if done or step % args.eval_every == 0:
-            metrics = evaluate(model, baseline, select)
+            metrics = evaluate(model, baseline, select, tuned=tuned)
             log(f"select-split Lab L2 at step {step}: {json.dumps(metrics)}")
             if best is None or metrics["map"] < best["metrics"]["map"]:
-                best = {"model": {k: v.clone() for k, v in model.trained_state().items()},
+                best = {"model": {k: v.clone() for k, v in trained_state(model, tuned_blocks, tuned).items()},
                         "metrics": metrics, "step": step}
-            torch.save({"model": model.trained_state(), "baseline": baseline.state_dict(),
+            torch.save({"model": trained_state(model, tuned_blocks, tuned), "baseline": baseline.state_dict(),
                         "optimizer": optimizer.state_dict(), "baseline_optimizer": baseline_opt.state_dict(),
                         "step": step, "elapsed": time.time() - started, "config": config.to_dict(),
                         "best": best}, checkpoint.with_suffix(".part"))
