@@ -38,7 +38,7 @@ PRETRAINED_SEGMENTER_WEIGHTS = "segmenter-siftflow"
 # user-facing segmenter names (CLI --segmenter, action param "segmenter") → weight ids
 SEGMENTERS = {"pretrained": PRETRAINED_SEGMENTER_WEIGHTS, "gridnet": GRIDNET_WEIGHTS}
 DEFAULT_SEGMENTER = "pretrained"
-COLORIZER_WEIGHTS = "colorizer-siftflow"
+COLORIZER_WEIGHTS = "colorizer-lite0"
 STRIP_PIXELS = 1 << 18  # full-resolution conversions run in strips of about this many pixels
 MAX_MAP_SIDE = 1024  # predicted class scores are interpolated up to this side before the argmax
 MAP_OVERSAMPLING = 4  # a full-size map is thinned (nearest) to this × the model grid before the majority vote

@@ -62,6 +62,9 @@ class ColorizerConfig:
     head: str = "regression"  # pretrained variant: "regression" or "bins"
     ab_bins: int = 0  # number of ab bins ("bins" head); their centres are a buffer in the weights
     temperature: float = 0.38  # annealed mean of the "bins" head
+    # "bins" head: share of the training's class rebalancing taken back at inference (logits − α·log w):
+    # 0 keeps the rebalanced (vivid, rare-colour-heavy) distribution, 1 the photos' own frequencies
+    prior_correction: float = 0.0
 
     def scaled(self, depths: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(max(4, int(round(d * self.width))) for d in depths)
@@ -188,6 +191,7 @@ class ColorizationUNet(nn.Module):
             class_colors(config.map_classes).astype(np.float32) / 255), persistent=False)
         if config.head == "bins":
             self.register_buffer("ab_centers", torch.zeros(config.ab_bins, 2))
+            self.register_buffer("ab_log_weights", torch.zeros(config.ab_bins))  # log rebalancing weights
 
     def train(self, mode: bool = True) -> ColorizationUNet:
         super().train(mode)
@@ -226,6 +230,7 @@ class ColorizationUNet(nn.Module):
     def to_ab(self, output: torch.Tensor) -> torch.Tensor:
         """decode()'s output → ab/110 (annealed mean of the bins, or the regressed value)."""
         if self.config.head == "bins":
+            output = output - self.config.prior_correction * self.ab_log_weights[:, None, None]
             p = torch.softmax(output / self.config.temperature, dim=1)
             return torch.einsum("nqhw,qc->nchw", p, self.ab_centers) / AB_SCALE
         return output

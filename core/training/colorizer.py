@@ -55,6 +55,9 @@ from core.training.gridnet import DEFAULT_DATA, cosine_lr, save_checkpoint
 from core.weights import bundled_weights_dir, register_weights, save_tensors
 
 UNKNOWN = 255  # no ground-truth map for this view
+# checkpoint choice on select: the bins head by its own objective (the temperature of its annealed mean,
+# which trades ΔE for colourfulness, is picked afterwards); the regression head by ΔE
+CRITERION = {"bins": "loss_predicted", "regression": "delta_e_predicted"}
 TAP_SHAPES = {"stride4": (24, 4), "stride8": (40, 8), "stride16": (112, 16), "stride32": (320, 32)}
 
 
@@ -324,10 +327,20 @@ def _batch(cache: ViewCache, idx: np.ndarray, classes: int, rng: np.random.Gener
 
 
 @torch.no_grad()
-def evaluate_views(model: ColorizationUNet, cache: ViewCache, classes: int, batch: int = 32) -> dict:
-    """Mean ΔE (CIE76) and colorfulness ratio to the originals, per map condition, on cached views."""
+def evaluate_views(model: ColorizationUNet, cache: ViewCache, classes: int, batch: int = 32,
+                   coding: BinCoding | None = None) -> dict:
+    """Mean ΔE (CIE76) and colorfulness ratio to the originals, per map condition, on cached views;
+    with ``coding`` also the training objective (predicted map)."""
     model.eval()
     result = {}
+    if coding is not None:
+        losses = []
+        for i in range(0, len(cache), batch):
+            features, lightness4, onehot4, lab = _batch(cache, np.arange(i, min(len(cache), i + batch)), classes,
+                                                        None, 0, 0, "predicted")
+            losses.append(objective(model, model.decode(features, lightness4, onehot4), lab, coding).item()
+                          * len(lab))
+        result["loss_predicted"] = sum(losses) / len(cache)
     labelled = np.flatnonzero(np.asarray(cache.truth[:, 0, 0]) != UNKNOWN)
     for condition, indices in (("predicted", np.arange(len(cache))), ("none", np.arange(len(cache))),
                                ("truth", labelled)):
@@ -348,6 +361,16 @@ def evaluate_views(model: ColorizationUNet, cache: ViewCache, classes: int, batc
             result[f"colorfulness_ratio_{condition}"] = float(torch.cat(cf).mean() / torch.cat(cf_ref).mean())
     model.train()
     return result
+
+
+def objective(model: ColorizationUNet, output: torch.Tensor, lab: torch.Tensor, coding: BinCoding) -> torch.Tensor:
+    """bins: rebalanced cross-entropy against each stride-4 cell's bin fractions; regression: Eq. 1's
+    Huber (δ in ab units) against the cell's mean ab."""
+    if model.config.head == "bins":
+        target = soft_targets(lab[:, 1:], coding, len(coding.centers), 4)
+        weight = torch.einsum("nqhw,q->nhw", target, coding.weights)
+        return (weight * -(target * F.log_softmax(output, 1)).sum(1)).mean()
+    return model.loss(output, F.avg_pool2d(lab[:, 1:], 4) / AB_SCALE)
 
 
 def train_pretrained(args: argparse.Namespace) -> None:
@@ -371,6 +394,7 @@ def train_pretrained(args: argparse.Namespace) -> None:
     model.backbone.load_state_dict(probe.backbone.state_dict())
     if args.head == "bins":
         model.ab_centers.copy_(coding.centers)
+        model.ab_log_weights.copy_(coding.weights.log())
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
     step, elapsed, best_score = 0, 0.0, -float("inf")
@@ -381,49 +405,91 @@ def train_pretrained(args: argparse.Namespace) -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed, best_score = state["step"], state["elapsed_s"], state["best_score"]
         rng = np.random.default_rng([args.seed, step])
+        if state.get("criterion") != CRITERION[args.head]:
+            best_score = -float("inf")  # checkpoints picked by another measure before: start afresh
         print(f"resumed at step {step}")
     print(f"{len(train_cache)} train / {len(select_cache)} select views, {len(coding.centers)} ab bins, "
           f"{sum(p.numel() for p in trainable) / 1e6:.2f} M trained parameters", flush=True)
     log = open(out / "log.jsonl", "a")
     started, running = time.time(), []
     model.train()
-    while step < args.steps and (time.time() - started) < args.minutes * 60:
+    while step < args.steps:
+        out_of_time = (time.time() - started) >= args.minutes * 60
+        if out_of_time and step % args.val_every == 0:
+            break  # just checkpointed
         t0 = time.time()
         idx = rng.choice(len(train_cache), args.batch, replace=False)
         features, lightness4, onehot4, lab = _batch(train_cache, idx, len(classes), rng, args.drop_map,
                                                     args.truth_share)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(args.lr, step, args.steps)
-        output = model.decode(features, lightness4, onehot4)
-        if args.head == "bins":
-            target = soft_targets(lab[:, 1:], coding, len(coding.centers), 4)
-            weight = torch.einsum("nqhw,q->nhw", target, coding.weights)
-            loss = (weight * -(target * F.log_softmax(output, 1)).sum(1)).mean()
-        else:
-            ab4 = F.avg_pool2d(lab[:, 1:], 4) / AB_SCALE
-            loss = model.loss(output, ab4)
+        loss = objective(model, model.decode(features, lightness4, onehot4), lab, coding)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
         elapsed += time.time() - t0
         running.append(loss.item())
-        if step % args.val_every == 0 or step == args.steps:
-            metrics = evaluate_views(model, select_cache, len(classes))
+        if step % args.val_every == 0 or step == args.steps or out_of_time:
+            metrics = evaluate_views(model, select_cache, len(classes), coding=coding)
             record = {"step": step, "train_loss": float(np.mean(running)), "elapsed_s": round(elapsed), **metrics}
             running = []
             print(json.dumps(record), flush=True)
             log.write(json.dumps(record) + "\n")
             log.flush()
             common = {"config": config.to_dict(), "classes": classes, "args": vars(args), "step": step,
-                      "elapsed_s": elapsed, "input_size": args.side,
+                      "elapsed_s": elapsed, "input_size": args.side, "criterion": CRITERION[args.head],
                       "data": {"train_views": len(train_cache), "select_views": len(select_cache)}}
-            score = -metrics["delta_e_predicted"]
+            score = -metrics[CRITERION[args.head]]
             if score > best_score:
                 best_score = score
                 save_checkpoint(out / "best.pt", model=model.state_dict(), metrics=metrics, **common)
             save_checkpoint(out / "last.pt", model=model.state_dict(), optimizer=optimizer.state_dict(),
                             best_score=best_score, **common)
+            if out_of_time:
+                break
+
+
+def tune_temperature(args: argparse.Namespace) -> None:
+    """Pick the annealed mean's temperature and prior correction on ``select`` (never the reported split):
+    the lowest mean ΔE
+    with the predicted map among the temperatures that keep the people photos' colourfulness at least
+    ``--min-colorfulness`` of the originals'; written into best.pt's config."""
+    out = Path(args.out)
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    config = ColorizerConfig.from_dict(best["config"])
+    cache = build_cache(args.data, "select", best["args"]["side"], Path(best["args"]["cache"]), None, None, 0)
+    people = np.flatnonzero(np.isin(np.asarray(cache.source), [list(photos.SOURCES).index(s)
+                                                               for s in photos.PEOPLE]))
+    people_cache = ViewCache(cache.rgb[people], cache.predicted[people], cache.truth[people],
+                             {tap: f[people] for tap, f in cache.features.items()}, cache.source[people])
+    if "ab_log_weights" not in best["model"]:  # checkpoints from before the buffer existed
+        train_cache = build_cache(args.data, "train", best["args"]["side"], Path(best["args"]["cache"]), None,
+                                  None, 0)
+        best["model"]["ab_log_weights"] = bin_coding(train_cache, best["args"]["rebalance"]).weights.log()
+    rows, chosen = [], None
+    for temperature, correction in ((t, c) for c in args.prior_corrections for t in args.temperatures):
+        model = ColorizationUNet(ColorizerConfig.from_dict(dict(best["config"], temperature=temperature,
+                                                                prior_correction=correction)))
+        model.load_state_dict(best["model"])
+        everyone = evaluate_views(model, cache, config.map_classes)
+        portraits = evaluate_views(model, people_cache, config.map_classes)
+        row = {"temperature": temperature, "prior_correction": correction,
+               "delta_e": round(everyone["delta_e_predicted"], 3),
+               "colorfulness_ratio": round(everyone["colorfulness_ratio_predicted"], 3),
+               "people_delta_e": round(portraits["delta_e_predicted"], 3),
+               "people_colorfulness_ratio": round(portraits["colorfulness_ratio_predicted"], 3)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if row["people_colorfulness_ratio"] >= args.min_colorfulness and (
+                chosen is None or row["delta_e"] < chosen["delta_e"]):
+            chosen = row
+    chosen = chosen or max(rows, key=lambda r: r["people_colorfulness_ratio"])
+    best["config"] = dict(best["config"], temperature=chosen["temperature"],
+                          prior_correction=chosen["prior_correction"])
+    best["temperature_sweep"] = {"rows": rows, "chosen": chosen, "min_colorfulness": args.min_colorfulness}
+    save_checkpoint(out / "best.pt", **best)
+    print(f"temperature {chosen['temperature']}: {chosen}")
 
 
 def export(out: Path, weight_id: str) -> Path:
@@ -469,16 +535,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-percent", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tune-temperature", action="store_true",
+                   help="pretrained bins head: pick the annealed-mean temperature of best.pt on select")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.2, 0.3, 0.38, 0.5, 0.65, 0.8, 1.0])
+    p.add_argument("--prior-corrections", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    p.add_argument("--min-colorfulness", type=float, default=0.7,
+                   help="temperature choice: people photos' colourfulness ratio to keep on select")
     p.add_argument("--export", metavar="ID", help="write best.pt as weights/<ID>.safetensors and register it")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.export:
         export(Path(args.out), args.export)
         return
-    torch.set_num_threads(args.threads)
+    if args.tune_temperature:
+        tune_temperature(args)
+        return
     torch.manual_seed(args.seed)
     if args.backbone:
         train_pretrained(args)
