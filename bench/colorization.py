@@ -1,16 +1,22 @@
-"""Semantic-driven colorization on the held-out split: segmentation and colorization numbers as JSON.
+"""Semantic-driven colorization on the held-out split by source, people photos and scenes apart, as JSON.
 
-    python bench/colorization.py --data ../shared/datasets/siftflow/train [--limit N] [--sheet PATH]
+    python bench/colorization.py --data ../shared/datasets [--limit N] [--sheets runs/colorization/sheets]
 
-Segmentation: pixel accuracy, mIoU and per-class IoU (person included) of the segmenter the colorization
-uses (default: the pretrained-backbone one) and of GridNet from scratch, on the same images (unlabeled
-pixels not scored).
-Colorization against the original photos (PSNR on sRGB, mean CIE76 ΔE in float CIELab, Hasler–Süsstrunk
-colorfulness) for: the gray input, the colorizer with the predicted map, with the ground-truth map, and
-with no map (all unlabeled). Everything runs through the full-resolution pipeline the CLI and GIMP use.
-Timing: one 352² image and one 24 MP image (6000×4000), segment + colorize, on this machine's CPU.
-A contact sheet (gray | predicted map | colorized | original) is written to --sheet (not committed:
-it shows dataset images).
+Photos: every colour photo of ``heldout`` (core.data.colorization: split by source group; checkpoints were
+picked on ``select``, the segmenter trained on ``train``). "people" = people/ccp and people/coco128-seg
+(with person masks), "scenes" = every other source (SIFT Flow, BSDS500, DAVIS, ImageNet samples, COCO,
+Kodak). Everything runs through the full-resolution pipeline the CLI and GIMP use.
+
+Per photo, against the original: PSNR (sRGB), mean CIE76 ΔE (float CIELab), Hasler–Süsstrunk colorfulness;
+on people photos also the person pixels' hue angle (of their mean ab, degrees) and mean chroma, and the
+same for skin pixels (Clothing Co-Parsing's skin label: person masks include the clothes). Conditions:
+the gray input, each colorizer with no map, with the segmenter's predicted map and with the ground-truth
+map (SIFT Flow labels; people: the person mask, the predicted map elsewhere). Reported: mean, median and a
+bootstrap 95 % interval of the mean (colorfulness: of the ratio of means to the originals').
+Segmentation of SIFT Flow's held-out photos (mIoU, per-class IoU) for each segmenter, person IoU on the
+held-out people photos. Contact sheets (gray | predicted map | colorized | original) for people and
+scenes go to --sheets (not committed: they show dataset images). Timing: 352² and 24 MP (6000×4000),
+segment + colorize, with whatever pipeline is on main.
 """
 
 from __future__ import annotations
@@ -31,19 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.colorization import pipeline  # noqa: E402
 from core.colorization.palette import render  # noqa: E402
-from core.data.siftflow import list_pairs, load_pair  # noqa: E402
+from core.data import colorization as photos  # noqa: E402
 from core.imaging.color import rgb_to_lab  # noqa: E402
 from core.training.gridnet import confusion, scores  # noqa: E402
 from core.training.segmenter import per_class_iou  # noqa: E402
+
+BOOTSTRAP = 2000
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
     return 10 * np.log10(1 / max(mse, 1e-12))
-
-
-def delta_e(lab_ref: np.ndarray, rgb_u8: np.ndarray) -> float:
-    return float(np.linalg.norm(rgb_to_lab(rgb_u8.astype(np.float32) / 255) - lab_ref, axis=2).mean())
 
 
 def colorfulness(rgb_u8: np.ndarray) -> float:
@@ -53,10 +57,53 @@ def colorfulness(rgb_u8: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+def person_colour(lab: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Hue angle (degrees, 0–360) of the mean ab of the masked pixels, and their mean chroma."""
+    ab = lab[mask][:, 1:].astype(np.float64)
+    a, b = ab.mean(0)
+    return float(np.degrees(np.arctan2(b, a)) % 360), float(np.hypot(ab[:, 0], ab[:, 1]).mean())
+
+
+def add(values: dict, condition: str, metric: str, value: float) -> None:
+    values.setdefault(condition, {}).setdefault(metric, []).append(value)
+
+
 def gray_rgb(lightness: np.ndarray) -> np.ndarray:
     lab = np.zeros(lightness.shape + (3,), np.float32)
     lab[..., 0] = lightness
     return pipeline.lab_to_image(lab, np.dtype(np.uint8), None)
+
+
+def summary(values: list[float], rng: np.random.Generator) -> dict:
+    v = np.asarray(values, np.float64)
+    if not len(v):
+        return {"n": 0}
+    boot = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(1)
+    return {"mean": round(float(v.mean()), 3), "median": round(float(np.median(v)), 3),
+            "ci95": [round(float(np.quantile(boot, 0.025)), 3), round(float(np.quantile(boot, 0.975)), 3)],
+            "n": len(v)}
+
+
+def ratio_summary(out: list[float], ref: list[float], rng: np.random.Generator) -> dict:
+    o, r = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if not len(o):
+        return {"n": 0}
+    pick = rng.integers(0, len(o), (BOOTSTRAP, len(o)))
+    boot = o[pick].mean(1) / r[pick].mean(1)
+    return {"ratio_of_means": round(float(o.mean() / r.mean()), 3),
+            "median_ratio": round(float(np.median(o / np.maximum(r, 1e-6))), 3),
+            "ci95": [round(float(np.quantile(boot, 0.025)), 3), round(float(np.quantile(boot, 0.975)), 3)],
+            "n": len(o)}
+
+
+def circular_summary(degrees: list[float]) -> dict:
+    if not degrees:
+        return {"n": 0}
+    rad = np.radians(np.asarray(degrees))
+    mean = float(np.degrees(np.arctan2(np.sin(rad).mean(), np.cos(rad).mean())) % 360)
+    return {"circular_mean": round(mean, 1), "median": round(float(np.median(degrees)), 1),
+            "share_in_20_70": round(float(np.mean((np.asarray(degrees) >= 20) & (np.asarray(degrees) <= 70))), 3),
+            "n": len(degrees)}
 
 
 def time_pipeline(segmenter, colorizer, shape, repeats: int) -> dict:
@@ -86,101 +133,156 @@ def timing(segmenter, colorizer, threads: int) -> dict:
     }
 
 
-def contact_sheet(rows: list[list[np.ndarray]], path: Path) -> None:
-    tile = rows[0][0].shape[0]
-    sheet = np.full((len(rows) * (tile + 4), 4 * (tile + 4), 3), 255, np.uint8)
+def tile(image: np.ndarray, side: int) -> np.ndarray:
+    """Fit into side×side (aspect kept, white margins)."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    small = np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                     Image.Resampling.BILINEAR))
+    out = np.full((side, side, 3), 255, np.uint8)
+    y, x = (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
+    out[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return out
+
+
+def contact_sheet(rows: list[list[np.ndarray]], path: Path, side: int = 160) -> None:
+    columns = len(rows[0])
+    sheet = np.full((len(rows) * (side + 4), columns * (side + 4), 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, im in enumerate(row):
-            sheet[i * (tile + 4):i * (tile + 4) + tile, j * (tile + 4):j * (tile + 4) + tile] = im
+            sheet[i * (side + 4):i * (side + 4) + side, j * (side + 4):j * (side + 4) + side] = tile(im, side)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(path)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/datasets/siftflow/train")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N validation images")
-    p.add_argument("--sheet", default="runs/colorization/contact_sheet.png")
-    p.add_argument("--sheet-count", type=int, default=12)
+    p.add_argument("--data", default="../shared/datasets")
+    p.add_argument("--split", default="heldout", help="heldout (reported) or select")
+    p.add_argument("--limit", type=int, default=0, help="at most N photos per group (people, scenes)")
+    p.add_argument("--sheets", default="runs/colorization/sheets")
+    p.add_argument("--sheet-count", type=int, default=16)
     p.add_argument("--segmenter", default=pipeline.PRETRAINED_SEGMENTER_WEIGHTS,
-                   help="weights id of the segmenter whose map the colorizer gets")
+                   help="weights id of the segmenter whose map the colorizers get")
     p.add_argument("--colorizer", default=pipeline.COLORIZER_WEIGHTS)
-    p.add_argument("--ablation", default="", help="weights id of the no-instance-norm colorizer, if trained")
+    p.add_argument("--ablation", nargs="*", default=["colorizer-siftflow"],
+                   help="more colorizer weight ids to score the same way (the paper's U-Net by default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-timing", action="store_true")
-    p.add_argument("--timing-only", action="store_true")
+    p.add_argument("--out", default="", help="also write the JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     segmenter = pipeline.load_segmenter(device, args.segmenter)
-    # every segmenter is scored on the same images; the colorizer gets the first one's map
     segmenters = {args.segmenter: segmenter}
     for weight_id in pipeline.SEGMENTERS.values():
         if weight_id not in segmenters:
             segmenters[weight_id] = pipeline.load_segmenter(device, weight_id)
-    colorizer = pipeline.load_colorizer(device, args.colorizer)
-    ablation = pipeline.load_colorizer(device, args.ablation) if args.ablation else None
-    if args.timing_only:
-        print(json.dumps({"timing_cpu": timing(segmenter, colorizer, args.threads)}, indent=2))
-        return
-    pairs = list_pairs(args.data, "val")
-    if args.limit:
-        pairs = pairs[:args.limit]
+    colorizers = {weight_id: pipeline.load_colorizer(device, weight_id)
+                  for weight_id in [args.colorizer, *[a for a in args.ablation if a != args.colorizer]]}
     classes = len(segmenter.classes)
+    person_id = list(segmenter.classes).index("person")
+    groups = {"people": photos.list_colour_photos(args.data, args.split, photos.PEOPLE),
+              "scenes": photos.list_colour_photos(args.data, args.split, photos.SCENES)}
+    if args.limit:  # an even spread over the sources, not the first source only
+        groups = {g: [ps[i] for i in np.linspace(0, len(ps) - 1, min(args.limit, len(ps))).astype(int)]
+                  for g, ps in groups.items()}
     matrices = {weight_id: np.zeros((classes, classes), np.int64) for weight_id in segmenters}
-    conditions = ["gray_input", "predicted_map", "ground_truth_map", "no_map"] + (
-        ["ground_truth_map_no_instance_norm", "no_map_no_instance_norm"] if ablation else [])
-    sums = {c: {"psnr": 0.0, "delta_e": 0.0, "colorfulness": 0.0} for c in conditions + ["original"]}
-    sheet_rows = []
-    for index, (image_path, label_path) in enumerate(pairs):
-        rgb, labels = load_pair(image_path, label_path)
-        lab_ref = rgb_to_lab(rgb.astype(np.float32) / 255)
-        lightness, _ = pipeline.image_lightness(rgb)
-        maps = {weight_id: pipeline.segment(lightness, other) for weight_id, other in segmenters.items()}
-        for weight_id, (other_ids, _) in maps.items():
-            matrices[weight_id] += confusion(other_ids.reshape(-1), labels.reshape(-1), classes)
-        ids, ids_small = maps[args.segmenter]
-        outputs = {
-            "gray_input": gray_rgb(lightness),
-            "predicted_map": pipeline.colorize(rgb, colorizer, ids, lightness, ids_small)[0],
-            "ground_truth_map": pipeline.colorize(rgb, colorizer, labels, lightness)[0],
-            "no_map": pipeline.colorize(rgb, colorizer, None, lightness)[0],
+    person_hits = {"intersection": 0, "union": 0}
+    result = {"data": args.data, "split": f"{args.split} (hash of the source group; checkpoints on select)",
+              "weights": {"segmenter": args.segmenter, "colorizer": args.colorizer,
+                          "ablation": [a for a in colorizers if a != args.colorizer]},
+              "groups": {}}
+    rng = np.random.default_rng(0)
+    for group, listed in groups.items():
+        values: dict[str, dict[str, list]] = {}
+        sheet_rows = []
+        sources: dict[str, int] = {}
+
+        for index, photo in enumerate(listed):
+            sources[photo.source] = sources.get(photo.source, 0) + 1
+            rgb = photos.read_photo(photo)
+            lab_ref = rgb_to_lab(rgb.astype(np.float32) / 255)
+            lightness, _ = pipeline.image_lightness(rgb)
+            maps = {weight_id: pipeline.segment(lightness, other) for weight_id, other in segmenters.items()}
+            ids, ids_small = maps[args.segmenter]
+            truth = photos.ground_truth_map(photo, ids, person_id)
+            if photo.label_kind == "classes":
+                for weight_id, (other_ids, _) in maps.items():
+                    matrices[weight_id] += confusion(other_ids.reshape(-1), truth.reshape(-1), classes)
+            mask = photos.person_mask(photo)
+            if mask is not None:
+                person_hits["intersection"] += int((mask & (ids == person_id)).sum())
+                person_hits["union"] += int((mask | (ids == person_id)).sum())
+            outputs = {"gray_input": (gray_rgb(lightness), None)}
+            for weight_id, colorizer in colorizers.items():
+                prefix = "" if weight_id == args.colorizer else weight_id + ":"
+                for name, map_ids, small in (("predicted_map", ids, ids_small), ("no_map", None, None),
+                                             ("ground_truth_map", truth, None)):
+                    if name == "ground_truth_map" and truth is None:
+                        continue
+                    outputs[prefix + name] = pipeline.colorize(rgb, colorizer, map_ids, lightness, small)
+            skin = photos.skin_mask(photo)
+            regions = {name: m for name, m in (("person", mask), ("skin", skin)) if m is not None and m.any()}
+            add(values, "original", "colorfulness", colorfulness(rgb))
+            for region, pixels in regions.items():
+                hue, chroma = person_colour(lab_ref, pixels)
+                add(values, "original", f"{region}_hue_deg", hue)
+                add(values, "original", f"{region}_chroma", chroma)
+            for name, (out, _) in outputs.items():
+                lab_shown = rgb_to_lab(out.astype(np.float32) / 255)  # what a person sees (gamut-clipped)
+                add(values, name, "psnr", psnr(out, rgb))
+                add(values, name, "delta_e", float(np.linalg.norm(lab_shown - lab_ref, axis=2).mean()))
+                add(values, name, "colorfulness", colorfulness(out))
+                for region, pixels in regions.items():
+                    hue, chroma = person_colour(lab_shown, pixels)
+                    add(values, name, f"{region}_hue_deg", hue)
+                    add(values, name, f"{region}_chroma", chroma)
+            if index < args.sheet_count or (len(listed) > args.sheet_count and index % max(
+                    1, len(listed) // args.sheet_count) == 0 and len(sheet_rows) < 2 * args.sheet_count):
+                sheet_rows.append([outputs["gray_input"][0], render(ids, classes), outputs["predicted_map"][0], rgb])
+        report = {"photos": len(listed), "sources": sources, "conditions": {}}
+        reference_cf = values["original"]["colorfulness"]
+        for condition, metrics in values.items():
+            entry = {}
+            for metric, v in metrics.items():
+                if metric.endswith("_hue_deg"):
+                    entry[metric] = circular_summary(v)
+                elif metric == "colorfulness" and condition != "original":
+                    entry[metric] = summary(v, rng)
+                    # images without a ground-truth map are left out of that condition: compare like with like
+                    ref = reference_cf if len(v) == len(reference_cf) else [
+                        c for c, p in zip(reference_cf, listed) if p.label is not None]
+                    entry["colorfulness_ratio_to_original"] = ratio_summary(v, ref, rng)
+                else:
+                    entry[metric] = summary(v, rng)
+            report["conditions"][condition] = entry
+        c = report["conditions"]
+        gray_de = np.asarray(values["gray_input"]["delta_e"])
+        report["delta_e_gain_vs_gray"] = summary(list(gray_de - np.asarray(values["predicted_map"]["delta_e"])), rng)
+        report["delta_e_drop_predicted_vs_no_map"] = summary(
+            list(np.asarray(values["no_map"]["delta_e"]) - np.asarray(values["predicted_map"]["delta_e"])), rng)
+        report["summary"] = {
+            "delta_e": {k: c[k]["delta_e"]["mean"] for k in c if "delta_e" in c[k]},
+            "colorfulness_ratio": {k: c[k]["colorfulness_ratio_to_original"]["ratio_of_means"]
+                                   for k in c if "colorfulness_ratio_to_original" in c[k]},
         }
-        if ablation:
-            outputs["ground_truth_map_no_instance_norm"] = pipeline.colorize(rgb, ablation, labels, lightness)[0]
-            outputs["no_map_no_instance_norm"] = pipeline.colorize(rgb, ablation, None, lightness)[0]
-        for name, out in outputs.items():
-            sums[name]["psnr"] += psnr(out, rgb)
-            sums[name]["delta_e"] += delta_e(lab_ref, out)
-            sums[name]["colorfulness"] += colorfulness(out)
-        sums["original"]["colorfulness"] += colorfulness(rgb)
-        if index < args.sheet_count:
-            sheet_rows.append([outputs["gray_input"], render(ids, classes), outputs["predicted_map"], rgb])
-    n = len(pairs)
-    result = {
-        "data": str(args.data), "split": "val (10% held out by file-name hash)", "images": n,
-        "weights": {"segmenter": args.segmenter, "colorizer": args.colorizer, "ablation": args.ablation or None},
-        "segmentation": {**scores(matrices[args.segmenter]),
-                         "per_class_iou": per_class_iou(matrices[args.segmenter], segmenter.classes)},
-        "segmentation_by_segmenter": {
-            weight_id: {**scores(m), "per_class_iou": per_class_iou(m, segmenter.classes)}
-            for weight_id, m in matrices.items()},
-        "colorization": {c: {k: round(v / n, 3) for k, v in m.items()} for c, m in sums.items()},
-    }
-    result["colorization"]["original"] = {"colorfulness": result["colorization"]["original"]["colorfulness"]}
-    cz = result["colorization"]
-    result["map_helps"] = {
-        "psnr_gain_predicted_vs_no_map": round(cz["predicted_map"]["psnr"] - cz["no_map"]["psnr"], 3),
-        "psnr_gain_ground_truth_vs_no_map": round(cz["ground_truth_map"]["psnr"] - cz["no_map"]["psnr"], 3),
-        "delta_e_drop_predicted_vs_no_map": round(cz["no_map"]["delta_e"] - cz["predicted_map"]["delta_e"], 3),
-        "delta_e_drop_ground_truth_vs_no_map": round(cz["no_map"]["delta_e"] - cz["ground_truth_map"]["delta_e"], 3),
-    }
-    if sheet_rows:
-        contact_sheet(sheet_rows, Path(args.sheet))
-        result["contact_sheet"] = args.sheet
+        result["groups"][group] = report
+        if sheet_rows:
+            path = Path(args.sheets) / f"{group}.png"
+            contact_sheet(sheet_rows, path)
+            report["contact_sheet"] = str(path)
+    result["segmentation_siftflow"] = {
+        weight_id: {**scores(m), "per_class_iou": per_class_iou(m, segmenter.classes)}
+        for weight_id, m in matrices.items()}
+    result["person_iou_people_photos"] = round(person_hits["intersection"] / max(1, person_hits["union"]), 3)
     if not args.no_timing:
-        result["timing_cpu"] = timing(segmenter, colorizer, args.threads)
-    print(json.dumps(result, indent=2))
+        result["timing_cpu"] = timing(segmenter, colorizers[args.colorizer], args.threads)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
