@@ -88,10 +88,11 @@ def test_class_list_and_deterministic_split(tmp_path):
     names = [f"img{i:03d}" for i in range(60)]
     split = _dataset(tmp_path, names)
     assert read_classes(tmp_path / "classes.txt").names == ("unlabeled", "sky", "tree")
-    train, val = list_pairs(split, "train"), list_pairs(split, "val")
-    assert len(train) + len(val) == 60 and val
-    assert {p[0].stem for p in val} == {n for n in names if is_validation(n)}
-    assert not {p[0].stem for p in train} & {p[0].stem for p in val}
+    train, select, heldout = (
+        {p[0].stem for p in list_pairs(split, part)} for part in ("train", "select", "heldout"))
+    assert len(train) + len(select) + len(heldout) == 60 and select and heldout
+    assert heldout == {n for n in names if is_validation(n)}  # the split the cards report
+    assert not train & select and not train & heldout and not select & heldout
 
 
 def test_bad_class_list_is_a_clear_error(tmp_path):

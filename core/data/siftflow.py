@@ -73,8 +73,17 @@ def is_validation(name: str, val_percent: int = 10) -> bool:
     return int.from_bytes(digest[:4], "little") % 100 < val_percent
 
 
+def split_of(name: str, val_percent: int = 10) -> str:
+    """'heldout' (reported, never chosen on), 'select' (checkpoints) or 'train', by the file name's hash: the same
+    three-way split as core.data.segmentation.split_of at the default 10 %."""
+    bucket = int.from_bytes(hashlib.sha1(Path(name).stem.encode()).digest()[:4], "little") % 100
+    return "heldout" if bucket < val_percent else "select" if bucket < 2 * val_percent else "train"
+
+
 def list_pairs(split_dir: str | Path, split: str = "train", val_percent: int = 10) -> list[tuple[Path, Path]]:
-    """(image, label) paths for ``split`` in {"train", "val", "all"}, sorted by name."""
+    """(image, label) paths for ``split`` in {"train", "select", "heldout", "all"}, sorted by name."""
+    if split not in ("train", "select", "heldout", "all"):
+        raise ValueError(f"unknown split {split!r}")
     split_dir = Path(split_dir)
     images, labels = split_dir / "images", split_dir / "labels"
     if not images.is_dir() or not labels.is_dir():
@@ -86,8 +95,7 @@ def list_pairs(split_dir: str | Path, split: str = "train", val_percent: int = 1
         label = labels / (image.stem + ".png")
         if not label.is_file():
             continue
-        held_out = is_validation(image.name, val_percent)
-        if split == "all" or (split == "val") == held_out:
+        if split == "all" or split_of(image.name, val_percent) == split:
             pairs.append((image, label))
     if not pairs:
         raise bad_input(f"No image/label pairs for split '{split}' in {split_dir}.")

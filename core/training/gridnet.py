@@ -170,7 +170,8 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     classes = read_classes(args.classes or find_classes(args.data))
     train_x, train_y, _ = cached_arrays(args.data, "train", args.size, args.cache, args.val_percent)
-    val_x, val_y, _ = cached_arrays(args.data, "val", args.size, args.cache, args.val_percent)
+    # checkpoints are chosen on "select"; "heldout" stays for the reported numbers
+    val_x, val_y, _ = cached_arrays(args.data, "select", args.size, args.cache, args.val_percent)
     train_x, train_y = np.asarray(train_x), np.asarray(train_y)
     config = GridNetConfig(num_classes=classes.count, width=args.width, total_dropout=args.total_dropout)
     model = GridNet(config)
