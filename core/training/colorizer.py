@@ -51,7 +51,7 @@ from core.models.colorization_unet import (
     lab_to_inputs,
 )
 from core.models.efficientnet_lite import load_pretrained
-from core.training.gridnet import DEFAULT_DATA, cosine_lr, save_checkpoint
+from core.training.gridnet import DEFAULT_DATA, cosine_lr, resume_or_start, save_checkpoint
 from core.weights import bundled_weights_dir, register_weights, save_tensors
 
 UNKNOWN = 255  # no ground-truth map for this view
@@ -117,16 +117,9 @@ def train_paper(args: argparse.Namespace) -> None:
     config = ColorizerConfig(width=args.width, instance_norm=not args.no_instance_norm)
     model = ColorizationUNet(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step, elapsed, best_score = 0, 0.0, -float("inf")
-    rng = np.random.default_rng(args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    if args.resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed, best_score = state["step"], state["elapsed_s"], state["best_score"]
-        rng = np.random.default_rng([args.seed, step])
-        print(f"resumed at step {step}")
+    progress = resume_or_start(out, args.resume, model, optimizer, args.seed, best_score=-float("inf"))
+    step, elapsed, best_score, rng = progress.step, progress.elapsed, progress.best_score, progress.rng
     print(f"{len(train_x)} train / {len(val_x)} val images, {classes.count} classes, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     log = open(out / "log.jsonl", "a")
@@ -398,17 +391,10 @@ def train_pretrained(args: argparse.Namespace) -> None:
         model.ab_log_weights.copy_(coding.weights.log())
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
-    step, elapsed, best_score = 0, 0.0, -float("inf")
-    rng = np.random.default_rng(args.seed)
-    if args.resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed, best_score = state["step"], state["elapsed_s"], state["best_score"]
-        rng = np.random.default_rng([args.seed, step])
-        if state.get("criterion") != CRITERION[args.head]:
-            best_score = -float("inf")  # checkpoints picked by another measure before: start afresh
-        print(f"resumed at step {step}")
+    progress = resume_or_start(out, args.resume, model, optimizer, args.seed, best_score=-float("inf"))
+    step, elapsed, best_score, rng = progress.step, progress.elapsed, progress.best_score, progress.rng
+    if progress.state is not None and progress.state.get("criterion") != CRITERION[args.head]:
+        best_score = -float("inf")  # checkpoints picked by another measure before: start afresh
     print(f"{len(train_cache)} train / {len(select_cache)} select views, {len(coding.centers)} ab bins, "
           f"{sum(p.numel() for p in trainable) / 1e6:.2f} M trained parameters", flush=True)
     log = open(out / "log.jsonl", "a")

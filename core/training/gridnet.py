@@ -4,7 +4,7 @@
     python -m core.training.gridnet --out runs/gridnet --export gridnet-siftflow   # best checkpoint → weights/
 
 Images are decoded once into a .npy cache (``--cache``), resized to ``--size`` and randomly cropped to
-``--crop`` with flips. Every ``--val-every`` steps the held-out split is scored (pixel accuracy, mIoU) and
+``--crop`` with flips. Every ``--val-every`` steps the select split is scored (pixel accuracy, mIoU) and
 ``last.pt``/``best.pt`` are written to ``--out``; ``--resume`` continues from ``last.pt``. Training stops
 after ``--steps`` in total or ``--minutes`` in this run, whichever comes first.
 """
@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,30 @@ def save_checkpoint(path: Path, **state) -> None:
     tmp = path.with_suffix(".part")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+@dataclass
+class Progress:
+    """Where a training run stands; ``state`` is the checkpoint it resumed from (None for a fresh run)."""
+    step: int
+    elapsed: float
+    best_score: float
+    rng: np.random.Generator
+    state: dict | None = None
+
+
+def resume_or_start(out: Path, resume: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    seed: int, best_score: float) -> Progress:
+    """Loads ``out/last.pt`` into model and optimizer when ``resume`` asks and it exists, else a fresh start.
+    The random stream is re-seeded with the step so a resumed run does not replay the batches it already saw."""
+    if not (resume and (out / "last.pt").exists()):
+        return Progress(0, 0.0, best_score, np.random.default_rng(seed))
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"resumed at step {state['step']}")
+    return Progress(state["step"], state["elapsed_s"], state["best_score"],
+                    np.random.default_rng([seed, state["step"]]), state)
 
 
 def confusion(pred: np.ndarray, true: np.ndarray, classes: int) -> np.ndarray:
@@ -177,16 +202,9 @@ def main(argv=None) -> None:
     model = GridNet(config)
     weights = class_weights(train_y, classes.count, args.class_balance)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step, elapsed, best_score = 0, 0.0, -1.0
-    rng = np.random.default_rng(args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    if args.resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed, best_score = state["step"], state["elapsed_s"], state["best_score"]
-        rng = np.random.default_rng([args.seed, step])
-        print(f"resumed at step {step}")
+    progress = resume_or_start(out, args.resume, model, optimizer, args.seed, best_score=-1.0)
+    step, elapsed, best_score, rng = progress.step, progress.elapsed, progress.best_score, progress.rng
     print(f"{len(train_x)} train / {len(val_x)} val images, {classes.count} classes, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     log = open(out / "log.jsonl", "a")
