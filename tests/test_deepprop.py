@@ -167,15 +167,20 @@ def test_sfe_joins_without_undoing_pre_training():
     assert log.train_errors[0] < 1.5 * log.pretrain_errors[-1] + 0.05
 
 
-def test_a_rise_stops_training_after_the_warm_up_and_restores_the_parameters():
-    from core.propagation.learn import epoch_error, train_stage
-
+def stroke_training_samples() -> tuple[torch.Tensor, torch.Tensor]:
+    """The stroke pixels of the two-region image as Algorithm 1 trains on them: patch columns and labels."""
     image, region = two_region_image()
     source = PatchSource.from_image(image)
     labels = two_region_strokes(region)
     ys, xs = (torch.from_numpy(v) for v in np.nonzero(labels >= 0))
     columns = DeepProp(2).vfe.columns(source.patches(ys, xs)).contiguous()
-    targets = torch.from_numpy(labels[ys.numpy(), xs.numpy()].astype(np.int64))
+    return columns, torch.from_numpy(labels[ys.numpy(), xs.numpy()].astype(np.int64))
+
+
+def test_a_rise_stops_training_after_the_warm_up_and_restores_the_parameters():
+    from core.propagation.learn import epoch_error, train_stage
+
+    columns, targets = stroke_training_samples()
 
     def run(warmup: int) -> tuple[str, list[float], DeepProp]:
         # A step size far too large makes E jump around, so rises happen within a few epochs.
@@ -233,12 +238,7 @@ def test_training_set_is_balanced_between_classes():
 def test_stop_rules_of_algorithm_1(rule, reason, epochs):
     from core.propagation.learn import train_stage
 
-    image, region = two_region_image()
-    source = PatchSource.from_image(image)
-    labels = two_region_strokes(region)
-    ys, xs = (torch.from_numpy(v) for v in np.nonzero(labels >= 0))
-    columns = DeepProp(2).vfe.columns(source.patches(ys, xs)).contiguous()
-    targets = torch.from_numpy(labels[ys.numpy(), xs.numpy()].astype(np.int64))
+    columns, targets = stroke_training_samples()
     cfg = DeepPropConfig(epsilon=0.0, stop_rule=rule, max_epochs=40)
     torch.manual_seed(0)
     model = DeepProp(2, cfg)
