@@ -13,10 +13,13 @@ same for skin pixels (Clothing Co-Parsing's skin label: person masks include the
 the gray input, each colorizer with no map, with the segmenter's predicted map and with the ground-truth
 map (SIFT Flow labels; people: the person mask, the predicted map elsewhere). Reported: mean, median and a
 bootstrap 95 % interval of the mean (colorfulness: of the ratio of means to the originals').
-Segmentation of SIFT Flow's held-out photos (mIoU, per-class IoU) for each segmenter, person IoU on the
-held-out people photos. Contact sheets (gray | predicted map | colorized | original) for people and
-scenes go to --sheets (not committed: they show dataset images). Timing: 352² and 24 MP (6000×4000),
-segment + colorize, with whatever pipeline is on main.
+Segmentation (``core.training.segmenter.heldout_report``, the function the segmenter's card uses, on
+every SIFT Flow and people photo of the split whatever --limit says): one confusion matrix accumulated
+over all the split's SIFT Flow photos at their label resolution, unlabeled pixels not scored, IoU of each
+class with a nonzero union, mIoU their mean (FCN's SIFT Flow score); person IoU on the people photos.
+Contact sheets (gray | predicted map | colorized | original) for people and scenes go to --sheets (not
+committed: they show dataset images). Timing: 352² and 24 MP (6000×4000), segment + colorize, with
+whatever pipeline is on main.
 """
 
 from __future__ import annotations
@@ -39,8 +42,7 @@ from core.colorization import pipeline  # noqa: E402
 from core.colorization.palette import render  # noqa: E402
 from core.data import colorization as photos  # noqa: E402
 from core.imaging.color import rgb_to_lab  # noqa: E402
-from core.training.gridnet import confusion, scores  # noqa: E402
-from core.training.segmenter import per_class_iou  # noqa: E402
+from core.training.segmenter import heldout_report  # noqa: E402
 
 BOOTSTRAP = 2000
 
@@ -187,8 +189,6 @@ def main(argv=None) -> None:
     if args.limit:  # an even spread over the sources, not the first source only
         groups = {g: [ps[i] for i in np.linspace(0, len(ps) - 1, min(args.limit, len(ps))).astype(int)]
                   for g, ps in groups.items()}
-    matrices = {weight_id: np.zeros((classes, classes), np.int64) for weight_id in segmenters}
-    person_hits = {"intersection": 0, "union": 0}
     result = {"data": args.data, "split": f"{args.split} (hash of the source group; checkpoints on select)",
               "weights": {"segmenter": args.segmenter, "colorizer": args.colorizer,
                           "ablation": [a for a in colorizers if a != args.colorizer]},
@@ -204,16 +204,9 @@ def main(argv=None) -> None:
             rgb = photos.read_photo(photo)
             lab_ref = rgb_to_lab(rgb.astype(np.float32) / 255)
             lightness, _ = pipeline.image_lightness(rgb)
-            maps = {weight_id: pipeline.segment(lightness, other) for weight_id, other in segmenters.items()}
-            ids, ids_small = maps[args.segmenter]
+            ids, ids_small = pipeline.segment(lightness, segmenter)
             truth = photos.ground_truth_map(photo, ids, person_id)
-            if photo.label_kind == "classes":
-                for weight_id, (other_ids, _) in maps.items():
-                    matrices[weight_id] += confusion(other_ids.reshape(-1), truth.reshape(-1), classes)
             mask = photos.person_mask(photo)
-            if mask is not None:
-                person_hits["intersection"] += int((mask & (ids == person_id)).sum())
-                person_hits["union"] += int((mask | (ids == person_id)).sum())
             outputs = {"gray_input": (gray_rgb(lightness), None)}
             for weight_id, colorizer in colorizers.items():
                 prefix = "" if weight_id == args.colorizer else weight_id + ":"
@@ -272,10 +265,15 @@ def main(argv=None) -> None:
             path = Path(args.sheets) / f"{group}.png"
             contact_sheet(sheet_rows, path)
             report["contact_sheet"] = str(path)
-    result["segmentation_siftflow"] = {
-        weight_id: {**scores(m), "per_class_iou": per_class_iou(m, segmenter.classes)}
-        for weight_id, m in matrices.items()}
-    result["person_iou_people_photos"] = round(person_hits["intersection"] / max(1, person_hits["union"]), 3)
+    # every SIFT Flow / people photo of the split, not the --limit sample: the card's function and images
+    segmentation = heldout_report(args.data, segmenters, split=args.split)
+    result["segmentation_definition"] = (
+        f"{segmentation['siftflow_images']} SIFT Flow photos of the segmenter's {args.split} split (file-name "
+        "hash, the colorization split's SIFT Flow photos exactly), one confusion matrix over all of them at "
+        "the 256² label resolution, unlabeled pixels not scored; IoU per class with nonzero union, mIoU = "
+        f"their mean; person IoU over {segmentation['people_images']} people photos (every pixel)")
+    result["segmentation_siftflow"] = {weight_id: r["siftflow"] for weight_id, r in segmentation["segmenters"].items()}
+    result["person_iou_people_photos"] = segmentation["segmenters"][args.segmenter]["people_person_iou"]
     if not args.no_timing:
         result["timing_cpu"] = timing(segmenter, colorizers[args.colorizer], args.threads)
     text = json.dumps(result, indent=2)

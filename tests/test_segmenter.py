@@ -254,11 +254,26 @@ def test_heldout_report_scores_each_segmenter_on_the_heldout_photos(weights_dir,
     report = training.heldout_report(tmp_path, {"tiny": segmenter})
     assert report["siftflow_images"] == 1 and report["people_images"] == 2
     scored = report["segmenters"]["tiny"]
-    # every labelled pixel is 'tree': its IoU is the share of pixels predicted tree, the pixel accuracy
-    assert list(scored["siftflow"]["per_class_iou"]) == ["tree"]
-    assert scored["siftflow"]["per_class_iou"]["tree"] == pytest.approx(scored["siftflow"]["pixel_accuracy"],
-                                                                         abs=1e-4)
+    # every labelled pixel is 'tree': its IoU is the share of pixels predicted tree, the pixel accuracy;
+    # any other class the random decoder predicts is scored too, at IoU 0
+    per_class = scored["siftflow"]["per_class_iou"]
+    assert "tree" in per_class and all(v == 0 for name, v in per_class.items() if name != "tree")
+    assert per_class["tree"] == pytest.approx(scored["siftflow"]["pixel_accuracy"], abs=1e-4)
+    assert scored["siftflow"]["classes_scored"] == len(per_class)
     assert 0.0 <= scored["people_person_iou"] <= 1.0
+
+
+def test_segmentation_scores_are_fcns_over_classes_with_a_nonzero_union():
+    # rows truth, columns prediction; class 0 'unlabeled' never scored, class 4 'road' absent everywhere
+    matrix = np.array([[0, 0, 0, 0, 0],
+                       [0, 6, 0, 2, 0],  # sky: 6 right, 2 called tree
+                       [0, 0, 0, 0, 0],  # person: not in the truth, predicted once below
+                       [0, 0, 1, 3, 0],  # tree: 3 right, 1 called person
+                       [0, 0, 0, 0, 0]])
+    result = training.segmentation_scores(matrix, CLASSES)
+    assert result["per_class_iou"] == {"sky": 0.75, "person": 0.0, "tree": 0.5}  # 6/8, 0/1, 3/(4+2)
+    assert result["mean_iou"] == pytest.approx((0.75 + 0.0 + 0.5) / 3)
+    assert result["classes_scored"] == 3 and result["pixel_accuracy"] == pytest.approx(9 / 12)
 
 
 def test_prior_adjustment_is_picked_on_select_and_folded_into_the_bias(tmp_path):
@@ -308,3 +323,45 @@ def test_lovasz_term_is_one_minus_iou_for_hard_predictions_and_has_gradients():
     training.lovasz_softmax(soft, labels).backward()
     assert soft.grad is not None and float(soft.grad[:, 1:].abs().sum()) > 0
     assert float(training.lovasz_softmax(soft.detach(), torch.zeros_like(labels))) == 0.0
+
+
+def test_tuned_late_blocks_start_as_the_frozen_model_train_alone_and_ship_in_the_weights(weights_dir, tmp_path):
+    source, _ = weights_dir
+    directory = tmp_path / "weights"
+    shutil.copytree(source, directory)
+    backbone = load_pretrained(Manifest.load(directory))
+    gray = torch.rand(2, 1, 64, 96) * 2 - 1
+    taps = backbone.features(gray_to_rgb(gray))
+    later = backbone.features_from(taps["stride8"], "stride8", ("stride16", "stride32"))
+    assert all(torch.equal(later[t], taps[t]) for t in ("stride16", "stride32"))
+    frozen = PretrainedSegmenter(TINY)
+    tuned = PretrainedSegmenter(replace(TINY, tuned_after="stride8"))
+    frozen.backbone = tuned.backbone = backbone
+    tuned.start_tuning_from_backbone()
+    tuned.decoder.load_state_dict(frozen.decoder.state_dict(), strict=False)  # same FPN, own late blocks
+    frozen.eval(), tuned.eval()
+    assert list(tuned.features(gray)) == ["stride8"]  # the shared backbone stops at stride 8
+    with torch.no_grad():
+        assert torch.allclose(tuned(gray), frozen(gray), atol=1e-5)
+    # one training step moves the segmenter's copy, never the shared backbone
+    tuned.train()
+    assert not tuned.decoder.late.training and tuned.decoder.lateral.training  # ImageNet BN statistics
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    late_before = [p.detach().clone() for p in tuned.decoder.late.parameters()]
+    optimizer = torch.optim.SGD(tuned.decoder.parameters(), lr=0.1)
+    tuned.decoder(tuned.features(gray)).square().mean().backward()
+    optimizer.step()
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(late_before, tuned.decoder.late.parameters()))
+    # exported with the late blocks, read back through the pipeline: the same predictions (fp16 file)
+    tuned.eval()
+    with torch.no_grad():
+        for value in tuned.decoder.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())
+    weight_id = pipeline.PRETRAINED_SEGMENTER_WEIGHTS
+    training.save_decoder(tuned.decoder.state_dict(), tuned.config, CLASSES, 64, weight_id, directory)
+    segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
+    assert segmenter.model.config.tuned_after == "stride8"
+    with torch.no_grad():
+        assert torch.allclose(segmenter.model(gray), tuned(gray), atol=1e-4)

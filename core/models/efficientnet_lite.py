@@ -28,6 +28,7 @@ converted file loads without renaming. Weights: ``weights/efficientnet-lite0-ima
 from __future__ import annotations
 
 import math
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,25 @@ class EfficientNetLite0(nn.Module):
                 break
         return out
 
+    def tap_block(self, tap: str) -> int:
+        """Index of the block whose output is the feature tap ``tap`` (e.g. "stride8")."""
+        return self.stage_ends[FEATURE_STRIDES[tap]]
+
+    def blocks_after(self, tap: str) -> nn.ModuleList:
+        """A trainable copy of the blocks after ``tap`` (for a model that fine-tunes them on its own while
+        this network, shared by other models, stays frozen)."""
+        copy = nn.ModuleList(deepcopy(list(self._blocks[self.tap_block(tap) + 1:])))
+        return copy.requires_grad_(True)
+
+    def taps_after(self, after: str, taps: tuple[str, ...]) -> dict[int, str]:
+        """Where the ``taps`` come out of ``blocks_after(after)``: position in that list → tap name."""
+        first = self.tap_block(after) + 1
+        return {self.tap_block(name) - first: name for name in taps}
+
+    def features_from(self, x: torch.Tensor, after: str, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The taps after ``after``, computed from that tap's feature map ``x`` (e.g. a cached one)."""
+        return run_blocks(self._blocks[self.tap_block(after) + 1:], x, self.taps_after(after, taps))
+
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """ImageNet logits."""
         x = F.relu6(self._bn0(self._conv_stem(self.normalize(rgb))))
@@ -138,6 +158,19 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(x.mean(dim=(2, 3)))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, taps_at: dict[int, str]) -> dict[str, torch.Tensor]:
+    """Run ``blocks`` in order from ``x``, keeping the outputs at the positions ``taps_at`` names (running from
+    a cached earlier tap is what lets training fine-tune only the late blocks)."""
+    out, last = {}, max(taps_at)
+    for position, block in enumerate(blocks):
+        x = block(x)
+        if position in taps_at:
+            out[taps_at[position]] = x
+        if position == last:
+            break
+    return out
 
 
 def load_pretrained(manifest=None, device: torch.device | str = "cpu") -> EfficientNetLite0:

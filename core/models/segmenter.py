@@ -15,7 +15,11 @@ person, a car or a tree looks like from those photos alone; here the ImageNet Ef
   at stride 8; class scores are upsampled bilinearly to the input size.
 
 The frozen backbone ships once (``weights/efficientnet-lite0-imagenet``); a weights file of this model
-holds the decoder only.
+holds the decoder only — and, with ``tuned_after`` = "stride8", the decoder's own fine-tuned copy of the
+backbone blocks after the stride-8 tap (stages 4–7): the shared backbone then runs only to stride 8 (the
+colorizer and other models keep its frozen late blocks), the decoder computes strides 16 and 32 itself.
+ImageNet features of a *gray* photo are not what SIFT Flow's classes need at the late stages, which a
+frozen backbone cannot change; the early stages (edges, textures) transfer as they are.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.imaging.color import lab_to_rgb_torch
-from core.models.efficientnet_lite import EfficientNetLite0
+from core.models.efficientnet_lite import EfficientNetLite0, run_blocks
 
 TAP_WIDTHS = {"stride8": 40, "stride16": 112, "stride32": 320}
 TAPS = ("stride8", "stride16", "stride32")
@@ -41,6 +45,8 @@ class SegmenterConfig:
     # inference only: class scores averaged over the photo and its mirror image, and over input scales
     test_flip: bool = False
     test_scales: tuple[float, ...] = (1.0,)
+    # "" = frozen backbone; a tap name = the blocks after it are the decoder's own (fine-tuned) copy
+    tuned_after: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -65,6 +71,11 @@ class FPNDecoder(nn.Module):
 
     def __init__(self, config: SegmenterConfig):
         super().__init__()
+        self.tuned_after = config.tuned_after
+        if config.tuned_after:
+            structure = EfficientNetLite0()  # its blocks are replaced by trained ones at load
+            self.late = structure.blocks_after(config.tuned_after)
+            self.late_taps = structure.taps_after(config.tuned_after, TAPS[TAPS.index(config.tuned_after) + 1:])
         w = config.width
         self.lateral = nn.ModuleDict({tap: _conv_bn_relu(TAP_WIDTHS[tap], w, 1) for tap in TAPS})
         self.context = nn.Sequential(nn.Linear(TAP_WIDTHS["stride32"], w), nn.ReLU(inplace=True))
@@ -73,7 +84,17 @@ class FPNDecoder(nn.Module):
         self.dropout = nn.Dropout2d(config.dropout)
         self.classifier = nn.Conv2d(w, config.num_classes, 1)
 
+    def train(self, mode: bool = True) -> FPNDecoder:
+        super().train(mode)
+        if self.tuned_after:
+            self.late.eval()  # fine-tuned with ImageNet's BatchNorm statistics: batches of 32 views are too few
+        return self
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Taps → class scores at stride 8; with own late blocks, only ``tuned_after``'s tap is read."""
+        if self.tuned_after:
+            features = {self.tuned_after: features[self.tuned_after],
+                        **run_blocks(self.late, features[self.tuned_after], self.late_taps)}
         s8, s16, s32 = (features[tap] for tap in TAPS)
         top = self.lateral["stride32"](s32) + self.context(s32.mean(dim=(2, 3)))[..., None, None]
         mid = self.refine16(self.lateral["stride16"](s16) + _upsample(top, s16.shape[-2:]))
@@ -107,9 +128,17 @@ class PretrainedSegmenter(nn.Module):
         return self
 
     @torch.no_grad()
+    def start_tuning_from_backbone(self) -> None:
+        """The decoder's own late blocks (``tuned_after``) start as copies of the backbone's pretrained ones."""
+        first = self.backbone.tap_block(self.config.tuned_after) + 1
+        for position, block in enumerate(self.decoder.late):
+            block.load_state_dict(self.backbone._blocks[first + position].state_dict())
+
+    @torch.no_grad()
     def features(self, gray: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the decoder reads (and what training caches once, the backbone being frozen)."""
-        return self.backbone.features(gray_to_rgb(gray), TAPS)
+        taps = TAPS[:TAPS.index(self.config.tuned_after) + 1] if self.config.tuned_after else TAPS
+        return self.backbone.features(gray_to_rgb(gray), taps)
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         """gray: N×1×H×W in [-1, 1] (any size) → class logits N×K×H×W, like GridNet's.
