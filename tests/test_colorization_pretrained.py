@@ -3,16 +3,29 @@ changes the colours, the annealed mean over ab bins, the training targets, the s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from core.colorization import pipeline
 from core.colorization.palette import map_input
 from core.data import colorization as photos
-from core.models.colorization_unet import AB_SCALE, ColorizationUNet, ColorizerConfig, ab_grid
-from core.training.colorizer import BinCoding, soft_targets
+from core.models.colorization_unet import (
+    AB_SCALE,
+    CHROMA_SCALES,
+    ColorizationUNet,
+    ColorizerConfig,
+    ab_grid,
+    decode_bins,
+)
+from core.models.efficientnet_lite import WEIGHT_ID as BACKBONE_ID
+from core.models.efficientnet_lite import EfficientNetLite0, load_pretrained
+from core.protocol import ErrorCode, SemanticError
+from core.training.colorizer import BinCoding, export, soft_targets
+from core.weights import Manifest, load_tensors, register_weights, save_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -118,3 +131,88 @@ def test_people_ground_truth_map_is_the_mask_with_prediction_elsewhere():
     assert set(np.unique(truth[~mask])) <= {0, 28}
     skin = photos.skin_mask(photo)
     assert skin is not None and (skin & ~mask).sum() == 0
+
+
+def _brute_force_decoding(logits, centers, log_weights, temperature, correction, bonus):
+    """The chroma-bonus decoding written out: every candidate point s·m, its expected distance to the bins."""
+    p = torch.softmax(logits - log_weights[:, None, None], 1)[0]  # Q×h×w
+    annealed = torch.einsum("qhw,qc->chw", torch.softmax((logits[0] - correction * log_weights[:, None, None])
+                                                         / temperature, 0), centers)
+    out = torch.empty_like(annealed)
+    for y in range(annealed.shape[1]):
+        for x in range(annealed.shape[2]):
+            m = annealed[:, y, x]
+            risks = [float((p[:, y, x] * torch.cdist((s * m)[None], centers)[0]).sum() - bonus * s * m.norm())
+                     for s in CHROMA_SCALES.tolist()]
+            out[:, y, x] = CHROMA_SCALES[int(np.argmin(risks))] * m
+    return out
+
+
+@pytest.mark.parametrize("bonus", [0.0, 0.3])
+def test_chroma_bonus_decoding_is_the_expected_distance_minimum_on_the_ray(bonus):
+    g = torch.Generator().manual_seed(3)
+    centers = torch.tensor([[0.0, 0.0], [-60.0, 0.0], [60.0, 0.0], [0.0, 60.0], [0.0, -60.0], [30.0, 40.0]])
+    log_weights = torch.randn(6, generator=g) * 0.3
+    logits = torch.randn(1, 6, 3, 4, generator=g) * 2
+    fast = decode_bins(logits, centers, log_weights, 0.6, 0.35, bonus)[0]
+    assert torch.allclose(fast, _brute_force_decoding(logits, centers, log_weights, 0.6, 0.35, bonus), atol=1e-4)
+
+
+def test_chroma_bonus_keeps_split_beliefs_near_gray_and_confident_ones_coloured():
+    centers = torch.tensor([[0.0, 0.0], [-60.0, 0.0], [60.0, 0.0], [0.0, 60.0], [0.0, -60.0]])
+    log_weights = torch.zeros(5)
+    # pixel 0: all on (0, 60), as skin or sky; pixel 1: a little gray, the rest split over four hues (clothes)
+    p = torch.tensor([[0.001, 0.001, 0.001, 0.996, 0.001], [0.1, 0.24, 0.23, 0.22, 0.21]])
+    logits = p.log().T.reshape(1, 5, 1, 2)
+    annealed = decode_bins(logits, centers, log_weights, 0.6, 0.0, None)[0, :, 0]
+    chroma = {bonus: decode_bins(logits, centers, log_weights, 0.6, 0.0, bonus)[0, :, 0].norm(dim=0)
+              for bonus in (0.0, 0.2, 0.5)}
+    assert chroma[0.0][0] == pytest.approx(annealed[:, 0].norm().item(), rel=0.05)  # confident: full colour
+    assert chroma[0.0][1] == 0  # split: gray is the expected-ΔE optimum
+    assert chroma[0.0][1] < chroma[0.5][1] <= 1.6 * annealed[:, 1].norm()  # a bonus buys colour back …
+    assert torch.all(chroma[0.0] <= chroma[0.2]) and torch.all(chroma[0.2] <= chroma[0.5])  # … monotonically
+
+
+def _register_backbone(directory: Path) -> None:
+    torch.manual_seed(1)  # random weights: these tests check the plumbing, not ImageNet features
+    state = {k: v for k, v in EfficientNetLite0().state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = directory / f"{BACKBONE_ID}.safetensors"
+    save_tensors(path, state)
+    register_weights(path, BACKBONE_ID, "efficientnet_lite0", {}, directory=directory)
+
+
+def test_exported_colorizer_holds_no_backbone_and_loads_the_shared_one(tmp_path):
+    _register_backbone(tmp_path)
+    model = _model(seed=2)
+    model.backbone = load_pretrained(Manifest.load(tmp_path))
+    del model.backbone._conv_head, model.backbone._bn1, model.backbone._fc
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())  # what the fp16 file gives back
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": model.state_dict(), "config": dict(model.config.to_dict(), chroma_bonus=0.2),
+                "classes": [f"c{i}" for i in range(6)], "input_size": 64, "metrics": {}, "step": 1,
+                "args": {}}, run / "best.pt")
+    path = export(run, "colorizer-test", directory=tmp_path)
+    assert not any(key.startswith("backbone.") for key in load_tensors(path))
+    manifest = Manifest.load(tmp_path)
+    colorizer = pipeline.load_colorizer(torch.device("cpu"), "colorizer-test", manifest=manifest)
+    assert colorizer.model.config.chroma_bonus == 0.2 and not colorizer.model.backbone.training
+    model = ColorizationUNet(replace(model.config, chroma_bonus=0.2))
+    model.load_state_dict(torch.load(run / "best.pt", weights_only=False)["model"])
+    gray = _gray()
+    semantic = torch.from_numpy(map_input(np.full((64, 96), 3), 6)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        assert torch.allclose(colorizer.model(gray, semantic), model.eval()(gray, semantic), atol=1e-5)
+    # a head file that lacks a tensor is named, with what to do
+    state = load_tensors(path)
+    state.pop("out.weight")
+    save_tensors(path, state)
+    register_weights(path, "colorizer-test", "colorizer", manifest.entry("colorizer-test").config,
+                     directory=tmp_path)
+    with pytest.raises(SemanticError) as error:
+        pipeline.load_colorizer(torch.device("cpu"), "colorizer-test", manifest=Manifest.load(tmp_path))
+    assert error.value.code == ErrorCode.weights_corrupt and str(path) in error.value.message
+    assert "installer" in error.value.message

@@ -30,7 +30,7 @@ from core.models.colorization_unet import AB_SCALE, L_SCALE, ColorizationUNet, C
 from core.models.efficientnet_lite import load_pretrained
 from core.models.gridnet import GridNet, GridNetConfig
 from core.models.segmenter import PretrainedSegmenter, SegmenterConfig
-from core.protocol import bad_input
+from core.protocol import ErrorCode, SemanticError, bad_input
 from core.weights import Manifest, load_verified_state
 
 GRIDNET_WEIGHTS = "gridnet-siftflow"
@@ -86,7 +86,19 @@ def load_colorizer(device: torch.device, weight_id: str = COLORIZER_WEIGHTS,
     config = dict(entry.config)
     classes, size = tuple(config.pop("classes")), int(config.pop("input_size"))
     model = ColorizationUNet(ColorizerConfig.from_dict(config))
-    model.load_state_dict(manifest.load_state_dict(weight_id), strict=True)
+    state = manifest.load_state_dict(weight_id)
+    if model.config.backbone and not any(key.startswith("backbone.") for key in state):
+        # the frozen backbone ships once (its own verified file); this weight file holds the rest
+        missing = model.backbone.load_state_dict(load_pretrained(manifest).state_dict(), strict=False).missing_keys
+        head = {key for key in model.state_dict() if not key.startswith("backbone.")}
+        if missing or set(state) != head:
+            raise SemanticError(ErrorCode.weights_corrupt,
+                                f"Weight file {manifest.path(weight_id)} does not fit the colorizer "
+                                f"(missing {sorted(head - set(state))[:3]}, unexpected "
+                                f"{sorted(set(state) - head)[:3]}). Re-run the installer.")
+        model.load_state_dict(state, strict=False)
+    else:
+        model.load_state_dict(state, strict=True)
     return Colorizer(model.to(device).eval(), classes, size, device)
 
 
@@ -192,10 +204,9 @@ def downsample_ids(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-@torch.no_grad()
-def predict_ab(lightness: np.ndarray, ids: np.ndarray | None, colorizer: Colorizer,
-               ids_small: np.ndarray | None = None) -> np.ndarray:
-    """Full-resolution L and full-resolution class ids (or None: no map) → ab at model size h×w×2.
+def model_inputs(lightness: np.ndarray, ids: np.ndarray | None, colorizer: Colorizer,
+                 ids_small: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-resolution L and class ids (or None: no map) → the colorizer's (gray, map) inputs at model size.
 
     ``ids_small``, the segmenter's ids at model size, saves reducing a huge map when the sizes agree.
     """
@@ -217,8 +228,15 @@ def predict_ab(lightness: np.ndarray, ids: np.ndarray | None, colorizer: Coloriz
             raise bad_input(f"The semantic map uses class id {int(ids_small.max())}, but the colorizer knows "
                             f"only {len(colorizer.classes)} classes.")
         semantic = palette[ids_small].permute(2, 0, 1)[None].to(colorizer.device)
-    ab = colorizer.model(gray, semantic)[0].float().cpu().permute(1, 2, 0).numpy()
-    return ab * AB_SCALE
+    return gray, semantic
+
+
+@torch.no_grad()
+def predict_ab(lightness: np.ndarray, ids: np.ndarray | None, colorizer: Colorizer,
+               ids_small: np.ndarray | None = None) -> np.ndarray:
+    """Full-resolution L and full-resolution class ids (or None: no map) → ab at model size h×w×2."""
+    ab = colorizer.model(*model_inputs(lightness, ids, colorizer, ids_small))[0].float().cpu()
+    return ab.permute(1, 2, 0).numpy() * AB_SCALE
 
 
 def combine(lightness: np.ndarray, ab_small: np.ndarray, guided: GuidedUpsampling = GUIDED,

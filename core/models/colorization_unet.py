@@ -44,6 +44,7 @@ L_SCALE, AB_SCALE = 50.0, 110.0  # L/50 - 1 and ab/110 map CIELab into [-1, 1]
 LITE_TAPS = ("stride4", "stride8", "stride16", "stride32")
 LITE_WIDTHS = {"stride4": 24, "stride8": 40, "stride16": 112, "stride32": 320}
 BIN_STEP = 10.0  # ab units between bin centres (Zhang et al. 2016)
+CHROMA_SCALES = torch.linspace(0, 1.6, 17)  # candidate s of the chroma_bonus decoding (0 = gray)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class ColorizerConfig:
     # "bins" head: share of the training's class rebalancing taken back at inference (logits − α·log w):
     # 0 keeps the rebalanced (vivid, rare-colour-heavy) distribution, 1 the photos' own frequencies
     prior_correction: float = 0.0
+    # "bins" head: how much chroma the output gets along the annealed mean's hue. None = the annealed mean
+    # itself. A number λ = the chroma s·|m| on the ray s·m (s ∈ [0, CHROMA_SCALE_MAX]) minimising
+    # E_p|s·m − c| − λ·s·|m| under the photos' own distribution p (rebalancing fully taken back): λ = 0 is
+    # the expected-ΔE-optimal point on the ray, gray included, so colour goes where the model's belief
+    # agrees on a hue and stays out where it is split (clothes); λ > 0 buys chroma at λ expected ΔE a unit
+    chroma_bonus: float | None = None
 
     def scaled(self, depths: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(max(4, int(round(d * self.width))) for d in depths)
@@ -177,7 +184,10 @@ class ColorizationUNet(nn.Module):
         backbone = EfficientNetLite0()
         # only the stages up to stride 32 are used: the classifier end is not part of this model
         del backbone._conv_head, backbone._bn1, backbone._fc
-        self.backbone = backbone.requires_grad_(False)
+        # eval from the start, not only after .train(): a fresh module is in training mode, and features
+        # computed then use each batch's BatchNorm statistics and overwrite ImageNet's running ones (the
+        # first colorizer-lite0 cache was built that way: 8 658 views of drift, training features ≠ inference)
+        self.backbone = backbone.requires_grad_(False).eval()
         e = config.map_embedding
         self.map_embed = nn.Conv2d(config.map_classes, e, 1)
         self.context = nn.Sequential(nn.Linear(LITE_WIDTHS["stride32"], 160), nn.ReLU(inplace=True))
@@ -228,20 +238,23 @@ class ColorizationUNet(nn.Module):
         return self.out(x)
 
     def to_ab(self, output: torch.Tensor) -> torch.Tensor:
-        """decode()'s output → ab/110 (annealed mean of the bins, or the regressed value)."""
+        """decode()'s output → ab/110 (the bins decoded as the config says, or the regressed value)."""
         if self.config.head == "bins":
-            output = output - self.config.prior_correction * self.ab_log_weights[:, None, None]
-            p = torch.softmax(output / self.config.temperature, dim=1)
-            return torch.einsum("nqhw,qc->nchw", p, self.ab_centers) / AB_SCALE
+            c = self.config
+            return decode_bins(output, self.ab_centers, self.ab_log_weights, c.temperature, c.prior_correction,
+                               c.chroma_bonus) / AB_SCALE
         return output
 
-    def _forward_pretrained(self, gray: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+    def scores(self, gray: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        """Pretrained variant: forward()'s inputs → decode()'s output at stride 4 (bin scores or ab/110)."""
         features = self.backbone_features(gray)
         size4 = features["stride4"].shape[-2:]
         onehot4 = F.adaptive_avg_pool2d(self.map_onehot(semantic), size4)
         lightness4 = F.adaptive_avg_pool2d(gray[:, :1], size4)
-        ab = self.to_ab(self.decode(features, lightness4, onehot4))
-        return _resize(ab, gray.shape[-2:]).clamp(-1, 1)
+        return self.decode(features, lightness4, onehot4)
+
+    def _forward_pretrained(self, gray: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        return _resize(self.to_ab(self.scores(gray, semantic)), gray.shape[-2:]).clamp(-1, 1)
 
     def forward(self, gray: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         """gray: N×3×H×W (L scaled to [-1, 1], repeated), semantic: N×3×H×W palette in [0, 1]
@@ -269,3 +282,30 @@ def lab_to_inputs(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """N×3×H×W float CIELab → (gray stream input N×3×H×W, ab target N×2×H×W), both in [-1, 1]."""
     gray = (lab[:, :1] / L_SCALE - 1).expand(-1, 3, -1, -1)
     return gray.contiguous(), lab[:, 1:] / AB_SCALE
+
+
+def decode_bins(logits: torch.Tensor, centers: torch.Tensor, log_weights: torch.Tensor, temperature: float,
+                prior_correction: float, chroma_bonus: float | None) -> torch.Tensor:
+    """N×Q×h×w bin scores → N×2×h×w ab: the annealed mean (softmax of (scores − α·log w)/T), or with
+    ``chroma_bonus`` its hue at the chroma ColorizerConfig.chroma_bonus describes."""
+    shifted = logits - prior_correction * log_weights[:, None, None]
+    annealed = torch.einsum("nqhw,qc->nchw", torch.softmax(shifted / temperature, dim=1), centers)
+    if chroma_bonus is None:
+        return annealed
+    # the photos' own distribution: the training's rebalancing weights taken back in full
+    p = torch.softmax(logits - log_weights[:, None, None], dim=1)
+    # |s·m − c|² = s²|m|² − 2s m·c + |c|², so every s costs one pass over the bins
+    mc = torch.einsum("nchw,qc->nqhw", annealed, centers)
+    mm = (annealed * annealed).sum(1)
+    cc = (centers * centers).sum(1)[:, None, None]
+    best = best_scale = None
+    for scale in CHROMA_SCALES.tolist():
+        distance = (scale * scale * mm[:, None] - 2 * scale * mc + cc).clamp_min(0).sqrt()
+        risk = (p * distance).sum(1) - chroma_bonus * scale * mm.sqrt()
+        if best is None:
+            best, best_scale = risk, torch.full_like(risk, scale)
+        else:
+            better = risk < best
+            best, best_scale = torch.where(better, risk, best), torch.where(better, scale, best_scale)
+    return annealed * best_scale[:, None]
+

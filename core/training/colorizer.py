@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from core.colorization.palette import class_colors
 from core.data import colorization as photos
@@ -48,6 +49,7 @@ from core.models.colorization_unet import (
     ColorizationUNet,
     ColorizerConfig,
     ab_grid,
+    decode_bins,
     lab_to_inputs,
 )
 from core.models.efficientnet_lite import load_pretrained
@@ -367,6 +369,33 @@ def objective(model: ColorizationUNet, output: torch.Tensor, lab: torch.Tensor, 
     return model.loss(output, F.avg_pool2d(lab[:, 1:], 4) / AB_SCALE)
 
 
+def people_pools(cache: ViewCache) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the people photos' views and of all the others."""
+    people = np.isin(np.asarray(cache.source), [list(photos.SOURCES).index(s) for s in photos.PEOPLE])
+    return np.flatnonzero(people), np.flatnonzero(~people)
+
+
+def draw_batch(pools: tuple[np.ndarray, np.ndarray], batch: int, people_share: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """A batch of view indices; with ``people_share`` > 0 that share of it comes from people photos (they are
+    a fifth of the views but most of what a user colorizes), the rest from the other photos."""
+    people, others = pools
+    if people_share <= 0 or not len(people):
+        return rng.choice(len(people) + len(others), batch, replace=False)
+    count = min(len(people), int(round(batch * people_share)))
+    return np.concatenate([rng.choice(people, count, replace=False),
+                           rng.choice(others, batch - count, replace=False)])
+
+
+def start_from(model: ColorizationUNet, checkpoint: Path) -> None:
+    """Fine-tune from a checkpoint's weights (fresh optimizer and schedule); its ab bins must be these."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    if "ab_centers" in state and not torch.equal(state["ab_centers"], model.ab_centers):
+        raise SystemExit(f"{checkpoint} was trained on other ab bins; --init needs the same training data.")
+    model.load_state_dict(state)
+    print(f"started from {checkpoint}")
+
+
 def train_pretrained(args: argparse.Namespace) -> None:
     from core.colorization.pipeline import load_segmenter
 
@@ -375,7 +404,7 @@ def train_pretrained(args: argparse.Namespace) -> None:
     segmenter = load_segmenter(torch.device("cpu"))
     classes = list(segmenter.classes)
     person_id = classes.index("person")
-    probe = ColorizationUNet(ColorizerConfig(backbone=args.backbone, map_classes=len(classes)))
+    probe = ColorizationUNet(ColorizerConfig(backbone=args.backbone, map_classes=len(classes))).eval()
     probe.backbone.load_state_dict(load_pretrained().state_dict(), strict=False)
     cache_dir = Path(args.cache)
     train_cache = build_cache(args.data, "train", args.side, cache_dir, probe, segmenter, person_id, args.limit)
@@ -392,9 +421,12 @@ def train_pretrained(args: argparse.Namespace) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
     progress = resume_or_start(out, args.resume, model, optimizer, args.seed, best_score=-float("inf"))
+    if progress.state is None and args.init:
+        start_from(model, Path(args.init))
     step, elapsed, best_score, rng = progress.step, progress.elapsed, progress.best_score, progress.rng
     if progress.state is not None and progress.state.get("criterion") != CRITERION[args.head]:
         best_score = -float("inf")  # checkpoints picked by another measure before: start afresh
+    train_pools = people_pools(train_cache)
     print(f"{len(train_cache)} train / {len(select_cache)} select views, {len(coding.centers)} ab bins, "
           f"{sum(p.numel() for p in trainable) / 1e6:.2f} M trained parameters", flush=True)
     log = open(out / "log.jsonl", "a")
@@ -405,7 +437,7 @@ def train_pretrained(args: argparse.Namespace) -> None:
         if out_of_time and step % args.val_every == 0:
             break  # just checkpointed
         t0 = time.time()
-        idx = rng.choice(len(train_cache), args.batch, replace=False)
+        idx = draw_batch(train_pools, args.batch, args.people_share, rng)
         features, lightness4, onehot4, lab = _batch(train_cache, idx, len(classes), rng, args.drop_map,
                                                     args.truth_share)
         for group in optimizer.param_groups:
@@ -479,17 +511,130 @@ def tune_temperature(args: argparse.Namespace) -> None:
     print(f"temperature {chosen['temperature']}: {chosen}")
 
 
-def export(out: Path, weight_id: str) -> Path:
-    """best.pt → fp16 weights file (the frozen backbone included: the pipeline loads one file strictly)
-    + manifest entry; the model card is written by hand from the bench."""
+@dataclass
+class SelectPhoto:
+    """One select photo as the decoding sweep needs it: bin scores once, references for the metrics."""
+    people: bool
+    lightness: np.ndarray  # H×W CIELab L
+    lab: torch.Tensor  # 3×H×W original
+    colourfulness: float
+    skin: np.ndarray | None  # H×W bool (Clothing Co-Parsing's skin label)
+    scores: torch.Tensor  # 1×Q×h×w bin scores at stride 4 with the predicted map
+    model_shape: tuple[int, int]
+
+
+def decoding_grid(args: argparse.Namespace) -> list[dict]:
+    """The annealed means of --temperatures × --prior-corrections, then the chroma-bonus decodings."""
+    rows = [{"temperature": t, "prior_correction": a, "chroma_bonus": None}
+            for t in args.temperatures for a in args.prior_corrections]
+    return rows + [{"temperature": args.temperatures[-1], "prior_correction": a, "chroma_bonus": b}
+                   for a in args.prior_corrections for b in args.chroma_bonuses]
+
+
+def tune_decoding(args: argparse.Namespace) -> None:
+    """Pick the bins head's decoding on the select split's full photos (never the reported split), through
+    the pipeline the bench and GIMP use: the shipped segmenter's predicted map, the model at its size, the
+    guided upsampling, ΔE of the displayable 8-bit result. The bin scores are computed once per photo;
+    each setting only decodes them. Rule: the lowest mean of the people and scene photos' mean ΔE among
+    the settings that keep the people photos' colourfulness ≥ --min-colorfulness of the originals'."""
+    from core.colorization import pipeline
+
+    out, device = Path(args.out), torch.device("cpu")
+    best = torch.load(out / "best.pt", map_location=device, weights_only=False)
+    model = ColorizationUNet(ColorizerConfig.from_dict(best["config"]))
+    model.load_state_dict(best["model"])
+    colorizer = pipeline.Colorizer(model.eval(), tuple(best["classes"]), best["input_size"], device)
+    segmenter = pipeline.load_segmenter(device)
+    listed = photos.list_colour_photos(args.data, "select")
+    scenes = [p for p in listed if not p.is_people]
+    listed = [p for p in listed if p.is_people] + scenes[::max(1, args.scene_step)]
+    if args.limit:  # a quick check: the first people photos and the first scenes
+        listed = listed[:args.limit] + listed[-args.limit:]
+    selected = []
+    for photo in listed:
+        rgb = photos.read_photo(photo)
+        skin = photos.skin_mask(photo)
+        scale = min(1.0, args.tune_side / max(rgb.shape[:2]))
+        if scale < 1:  # the model sees ~192² either way; the metrics need no more pixels than this
+            size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+            skin = None if skin is None else np.asarray(Image.fromarray(skin).resize(size, Image.Resampling.NEAREST))
+        lightness = pipeline.image_lightness(rgb)[0]
+        ids, ids_small = pipeline.segment(lightness, segmenter)
+        gray, semantic = pipeline.model_inputs(lightness, ids, colorizer, ids_small)
+        with torch.no_grad():
+            scores = model.scores(gray, semantic)
+        rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+        selected.append(SelectPhoto(photo.is_people, lightness, rgb_to_lab_torch(rgb_t)[0],
+                                    float(colorfulness_torch(rgb_t)[0]), skin, scores, tuple(gray.shape[-2:])))
+    print(f"{len(selected)} select photos ({sum(p.people for p in selected)} people)", flush=True)
+    rows, chosen = [], None
+    for setting in decoding_grid(args):
+        row = dict(setting, **decoded_metrics(selected, model, setting))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if row["people_colorfulness_ratio"] >= args.min_colorfulness and (
+                chosen is None or row["delta_e_groups"] < chosen["delta_e_groups"]):
+            chosen = row
+    chosen = chosen or max(rows, key=lambda r: r["people_colorfulness_ratio"])
+    best["config"] = dict(best["config"], **{k: chosen[k] for k in ("temperature", "prior_correction",
+                                                                    "chroma_bonus")})
+    best["decoding_sweep"] = {"rows": rows, "chosen": chosen, "min_colorfulness": args.min_colorfulness,
+                              "photos": len(selected), "scene_step": args.scene_step}
+    save_checkpoint(out / "best.pt", **best)
+    print(f"chosen: {json.dumps(chosen)}")
+
+
+@torch.no_grad()
+def decoded_metrics(selected: list[SelectPhoto], model: ColorizationUNet, setting: dict) -> dict:
+    """Mean ΔE and colourfulness ratio per group (people, scenes), skin hue and chroma, for one decoding."""
+    from core.colorization import pipeline
+
+    sums: dict[str, list] = {}
+    for photo in selected:
+        ab = decode_bins(photo.scores, model.ab_centers, model.ab_log_weights, setting["temperature"],
+                         setting["prior_correction"], setting["chroma_bonus"])
+        ab = (F.interpolate(ab, size=photo.model_shape, mode="bilinear", align_corners=False) / AB_SCALE)
+        ab_small = ab.clamp(-1, 1)[0].permute(1, 2, 0).numpy() * AB_SCALE
+        _, shown = pipeline.combine(photo.lightness, ab_small, out_dtype=np.dtype(np.uint8))
+        rgb = torch.from_numpy(shown).permute(2, 0, 1)[None].float() / 255
+        lab = rgb_to_lab_torch(rgb)[0]
+        group = "people" if photo.people else "scenes"
+        sums.setdefault(group + "_delta_e", []).append(float((lab - photo.lab).norm(dim=0).mean()))
+        sums.setdefault(group + "_cf", []).append(float(colorfulness_torch(rgb)[0]))
+        sums.setdefault(group + "_cf_ref", []).append(photo.colourfulness)
+        if photo.skin is not None and photo.skin.any():
+            a, b = lab[1:, torch.from_numpy(photo.skin)].double()
+            sums.setdefault("skin_hue", []).append(float(torch.atan2(b.mean(), a.mean())))
+            sums.setdefault("skin_chroma", []).append(float(torch.hypot(a, b).mean()))
+    result = {}
+    for group in ("people", "scenes"):
+        result[f"{group}_delta_e"] = round(float(np.mean(sums[group + "_delta_e"])), 3)
+        result[f"{group}_colorfulness_ratio"] = round(float(np.sum(sums[group + "_cf"]) /
+                                                            np.sum(sums[group + "_cf_ref"])), 3)
+    result["delta_e_groups"] = round((result["people_delta_e"] + result["scenes_delta_e"]) / 2, 3)
+    if "skin_hue" in sums:
+        hue = np.asarray(sums["skin_hue"])
+        result["skin_hue_deg"] = round(float(np.degrees(np.arctan2(np.sin(hue).mean(), np.cos(hue).mean())) % 360), 1)
+        result["skin_chroma"] = round(float(np.mean(sums["skin_chroma"])), 2)
+    return result
+
+
+def export(out: Path, weight_id: str, directory: Path | None = None) -> Path:
+    """best.pt → fp16 weights file + manifest entry; the model card is written by hand from the bench.
+    A frozen pretrained backbone is not copied: the pipeline loads its own verified file (the file the
+    training cached the features with)."""
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-    path = bundled_weights_dir() / f"{weight_id}.safetensors"
+    path = Path(directory or bundled_weights_dir()) / f"{weight_id}.safetensors"
     meta = {"model": "colorizer", "config": json.dumps(best["config"]), "metrics": json.dumps(best["metrics"]),
             "step": str(best["step"])}
-    save_tensors(path, best["model"], metadata=meta)
+    state = best["model"]
+    if best["config"].get("backbone"):
+        state = {key: value for key, value in state.items() if not key.startswith("backbone.")}
+    save_tensors(path, state, metadata=meta)
     config = dict(best["config"], classes=best["classes"],
                   input_size=best.get("input_size", best["args"].get("crop")))
-    register_weights(path, weight_id, "colorizer", config, card=f"{weight_id}.md")
+    register_weights(path, weight_id, "colorizer", config, card=f"{weight_id}.md", directory=directory)
     print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB) step {best['step']}: {best['metrics']}")
     return path
 
@@ -518,6 +663,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=0.5, help="paper: depth multiplier; 1.0 = 28 MB fp16")
     p.add_argument("--no-instance-norm", action="store_true", help="paper: no IN on the gray stream")
     p.add_argument("--drop-map", type=float, default=0.15)
+    p.add_argument("--people-share", type=float, default=0.0,
+                   help="pretrained: share of each batch drawn from people photos (0: uniform over views)")
+    p.add_argument("--init", default="", help="pretrained: fine-tune from this checkpoint's weights")
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-percent", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
@@ -528,6 +676,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prior-corrections", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--min-colorfulness", type=float, default=0.7,
                    help="temperature choice: people photos' colourfulness ratio to keep on select")
+    p.add_argument("--tune-decoding", action="store_true",
+                   help="pretrained bins head: pick T, prior correction and chroma bonus of best.pt on select's "
+                        "full photos through the pipeline")
+    p.add_argument("--chroma-bonuses", type=float, nargs="*", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+                   help="decoding sweep: chroma bonuses λ tried at the last --temperatures value")
+    p.add_argument("--scene-step", type=int, default=3, help="decoding sweep: every n-th select scene photo")
+    p.add_argument("--tune-side", type=int, default=512, help="decoding sweep: photos reduced to this long side")
     p.add_argument("--export", metavar="ID", help="write best.pt as weights/<ID>.safetensors and register it")
     return p.parse_args(argv)
 
@@ -540,6 +695,9 @@ def main(argv=None) -> None:
         return
     if args.tune_temperature:
         tune_temperature(args)
+        return
+    if args.tune_decoding:
+        tune_decoding(args)
         return
     torch.manual_seed(args.seed)
     if args.backbone:
