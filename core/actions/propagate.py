@@ -10,8 +10,9 @@ Params: "mode" select (default, as in the CLI and GIMP) | colorize | recolor | m
 named DeepProp configuration, core/propagation/pipeline.CONFIGS: "paper" is the published method);
 "superpixels" (count, 0 = one per 100 pixels); "per_pixel"; "smoothing" (λ of Eq. 15, 0 = off; absent:
 the configuration's); "color_space" (colorize: lab keeps the gray's CIELab lightness, for a gray made
-from luminance as GIMP's; luma keeps it as Rec. 601 luma, for a gray most other software makes;
-absent: the configuration's); "fg_color"/"bg_color"
+from luminance as GIMP's; luma keeps it as Rec. 601 luma, for a gray most other software makes; auto
+picks the one whose lightness of the stroke colours matches the gray under them; absent: the
+configuration's, auto by default); "fg_color"/"bg_color"
 (select: stroke pixels near these colors are foreground/background, default red/blue — the plug-in
 sends GIMP's FG/BG swatches; also what 'fg'/'bg' path names mean); "hard_selection" (select: threshold
 the mask at 0.5); "image_key" (names the image across runs so an edited path re-uses the trained
@@ -144,7 +145,7 @@ def run(arrays: Arrays, params: dict, ctx: JobContext) -> Arrays:
         bg=bg,
         seed=get_int(params, "seed", 0, 0, 2**31 - 1),
     )
-    if params.get("color_space") is not None:  # colorize: "lab" keeps L*, "luma" keeps Y' (apps.COLOR_SPACES)
+    if params.get("color_space") is not None:  # colorize: "lab" keeps L*, "luma" Y', "auto" either
         options = replace(options, color_space=get_choice(params, "color_space", "lab", apps.COLOR_SPACES))
     if params.get("smoothing") is not None:  # λ of Eq. 15; absent: the configuration's
         strength = get_float(params, "smoothing", options.smoothing.strength, 0.0, 1000.0)

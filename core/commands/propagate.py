@@ -1,6 +1,7 @@
 """gimp-semantic propagate IMAGE (--strokes SCRIBBLES.png | --paths PATHS.svg) -o OUT
 [--mode {colorize,recolor,select,masks}] [--fg-color C] [--bg-color C] [--hard-selection]
-[--config NAME] [--color-space lab|luma] [--superpixels N] [--smoothing L] [--brush-width W] [--per-pixel] [--seed S]"""
+[--config NAME] [--color-space lab|luma|auto] [--superpixels N] [--smoothing L] [--brush-width W]
+[--per-pixel] [--seed S]"""
 
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def register(subparsers) -> None:
         "--color-space",
         choices=COLOR_SPACES,
         default=None,
-        help="colorize: keep the gray's CIELab lightness (lab, the default: a gray made from luminance, as "
-        "GIMP makes it) or its Rec. 601 luma (luma: a gray made by most other software)",
+        help="colorize: keep the gray's CIELab lightness (lab: a gray made from luminance, as GIMP makes it), "
+        "its Rec. 601 luma (luma: a gray made by most other software), or whichever the stroke colours match "
+        "under the strokes (auto, the default)",
     )
     parser.add_argument(
         "--smoothing",

@@ -82,6 +82,10 @@ class DeepPropConfig:
     # prior the paper's proportional Ω' had built in) times the number of classes, then renormalized;
     # 0 leaves them as trained.
     stroke_prior: float = 0.0
+    # Beyond the paper: Adam's rate in an incremental update, as a share of ``learning_rate``. A fresh
+    # Adam's first steps move every weight by about the full rate, so a kept network that already
+    # fits the old strokes is shaken wherever the new stroke does not pin it down.
+    incremental_lr_scale: float = 1.0
 
     @property
     def vfe_spatial(self) -> int:

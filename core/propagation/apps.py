@@ -98,7 +98,11 @@ def stroke_lab(colors: np.ndarray) -> np.ndarray:
 # space). On a luma-made gray the Lab route gives a saturated colour a far too low L*, so it falls
 # out of gamut and is pulled toward gray: Levin's example2 with the TRUE chroma scores ΔE 11.3 in
 # Lab against 4.0 in YIQ; on a luminance-made gray it is the other way round.
-COLOR_SPACES = ("lab", "luma")
+#
+# "auto": the space in which the strokes' own colours sit at the lightness of the gray under them
+# (``matching_color_space``): strokes sampled from a colour original match its L* when the gray is
+# L*, its luma when the gray is luma, so the strokes say how the gray was made.
+COLOR_SPACES = ("lab", "luma", "auto")
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ.astype(np.float64)).astype(np.float32)
 
@@ -112,6 +116,25 @@ def luma_chroma_to_rgb(luma: np.ndarray, iq: np.ndarray) -> np.ndarray:
         room = np.where(offset > 0, (1 - y) / offset, np.where(offset < 0, -y / offset, np.inf))
     scale = np.clip(room.min(axis=2, keepdims=True), 0, 1)
     return np.clip(y + scale * offset, 0, 1)
+
+
+def matching_color_space(gray: np.ndarray, labels: np.ndarray, colors: np.ndarray) -> str:
+    """"lab" or "luma": whichever lightness of the stroke colours (CIELab L* or luma Y') is closer, in
+    L* units, to the gray image under the strokes (gray: H×W×C float, labels: H×W class or −1)."""
+    marked = labels >= 0
+    if not marked.any():
+        return "lab"
+    under = gray[..., 0][marked].astype(np.float32)
+    painted = colors[labels[marked]].astype(np.float32) / 255.0
+    luma = painted @ _RGB_TO_YIQ[0]
+
+    def lightness(values: np.ndarray) -> np.ndarray:  # L* of gray RGB with these values
+        return rgb_to_lab(np.repeat(values.reshape(1, -1, 1), 3, axis=2))[0, :, 0]
+
+    target = lightness(under)
+    lab_error = np.abs(rgb_to_lab(painted.reshape(1, -1, 3))[0, :, 0] - target).mean()
+    luma_error = np.abs(lightness(luma) - target).mean()
+    return "luma" if luma_error < lab_error else "lab"
 
 
 def colorize(

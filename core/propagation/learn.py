@@ -247,7 +247,8 @@ def learn(
     semantic = source.semantic_at(ys_t, xs_t) if cfg.semantic_channels else None
     targets = torch.from_numpy(cls.astype(np.int64)).to(source.device)
     log = TrainingLog(samples=len(targets))
-    optimizer = Adam(list(model.parameters()), cfg.learning_rate)
+    rate = cfg.learning_rate if fresh else cfg.learning_rate * cfg.incremental_lr_scale
+    optimizer = Adam(list(model.parameters()), rate)
 
     def report(stage: str, base: float, span: float):
         def on_epoch(epoch: int, error: float):

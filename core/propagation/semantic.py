@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,13 @@ class SemanticConfig:
     taps: tuple[str, ...] = ("stride8", "stride16")
     max_side: int = 384  # the backbone sees the image downscaled to at most this long side
     border: int = 32  # mirrored margin (pixels of the downscaled image) against the frame's zero padding
+    # Guided filter (He et al.) of the upsampled features with the image as the guide: radius in
+    # pixels of the image (0 = plain bilinear upsampling) and ε (the guide's variance, RGB in [0, 1],
+    # below which a window counts as flat). Bilinear upsampling of stride-8 maps spreads each object's
+    # features ~8 px past its outline, and DeepProp's estimate with them.
+    guide_radius: int = 0
+    guide_eps: float = 1e-3
+    guide_subsample: int = 4  # the filter's coefficients computed at 1/4 size (He & Sun's fast variant)
 
 
 @torch.no_grad()
@@ -77,7 +85,76 @@ def semantic_features(rgb: np.ndarray, backbone: EfficientNetLite0, cfg: Semanti
         projected = F.pad(projected, (0, cfg.channels - k))
     lowres = projected.T.reshape(1, cfg.channels, *grid)
     full = F.interpolate(lowres, size=(h, w), mode="bilinear", align_corners=False)[0]
-    return full.permute(1, 2, 0).contiguous().numpy()
+    full = full.permute(1, 2, 0).contiguous().numpy()
+    if cfg.guide_radius > 0:
+        guide = np.ascontiguousarray(rgb[..., :3], dtype=np.float32)
+        if guide.shape[2] == 1:
+            guide = np.repeat(guide, 3, axis=2)
+        full = guided_filter(guide, full, cfg.guide_radius, cfg.guide_eps, cfg.guide_subsample)
+    return full
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
+    """He, Sun & Tang's guided filter with a colour guide: ``src`` (H×W×C) as a local linear function
+    of ``guide`` (H×W×3) in each (2r+1)² window, the coefficients averaged → H×W×C float32. Where the
+    guide has an edge the output follows it; where it is flat the output is ``src`` box-smoothed.
+    ``subsample`` > 1 is He & Sun's fast variant: the coefficients are computed on both images
+    shrunk by that factor (radius too) and upsampled, only the final a·I + b runs at full size."""
+    h, w = guide.shape[:2]
+    full_guide = guide
+    if subsample > 1:
+        size_small = (max(1, round(w / subsample)), max(1, round(h / subsample)))
+        guide = _resize(guide, size_small, cv2.INTER_AREA)
+        src = _resize(src, size_small, cv2.INTER_AREA)
+        radius = max(1, round(radius / subsample))
+    size = (2 * radius + 1, 2 * radius + 1)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)
+
+    gh, gw = guide.shape[:2]
+    mean_i = box(guide)  # h×w×3
+    # The guide's 3×3 covariance per pixel (symmetric: six box filters), ε on the diagonal.
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+    products = np.stack([guide[..., a] * guide[..., b] for a, b in pairs], axis=2)
+    moments = box(products)
+    cov = np.empty((gh, gw, 3, 3), np.float32)
+    for k, (a, b) in enumerate(pairs):
+        value = moments[..., k] - mean_i[..., a] * mean_i[..., b]
+        cov[..., a, b] = value
+        cov[..., b, a] = value
+    cov += eps * np.eye(3, dtype=np.float32)
+    inverse = np.linalg.inv(cov)
+    channels = src.shape[2]
+    mean_p = box(np.ascontiguousarray(src, dtype=np.float32))
+    if mean_p.ndim == 2:
+        mean_p = mean_p[..., None]
+    coef_a = np.empty((gh, gw, channels, 3), np.float32)
+    for c in range(channels):
+        cov_ip = box(guide * src[..., c : c + 1]) - mean_i * mean_p[..., c : c + 1]  # h×w×3
+        coef_a[..., c, :] = np.einsum("hwij,hwj->hwi", inverse, cov_ip)
+    coef_b = mean_p - (coef_a * mean_i[..., None, :]).sum(3)
+    mean_a = box(coef_a.reshape(gh, gw, channels * 3))
+    mean_b = box(coef_b)
+    if subsample > 1:
+        mean_a = _resize(mean_a, (w, h), cv2.INTER_LINEAR)
+        mean_b = _resize(mean_b, (w, h), cv2.INTER_LINEAR)
+    mean_a = mean_a.reshape(h, w, channels, 3)
+    mean_b = mean_b.reshape(h, w, channels)
+    return (np.einsum("hwcj,hwj->hwc", mean_a, full_guide) + mean_b).astype(np.float32)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """An H×W×C float32 array resized to ``size`` (width, height) with any C: area averaging to shrink
+    (``cv2.INTER_AREA``), bilinear otherwise. torch's channel-first resampling, since OpenCV takes at
+    most 4 channels at once and slicing them out cost more than the filter itself."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    target = (size[1], size[0])
+    if interpolation == cv2.INTER_AREA:
+        out = F.interpolate(tensor, size=target, mode="area")
+    else:
+        out = F.interpolate(tensor, size=target, mode="bilinear", align_corners=False)
+    return out[0].permute(1, 2, 0).contiguous().numpy()
 
 
 def _crop(fmap: torch.Tensor, pad: int, padded: torch.Size) -> torch.Tensor:

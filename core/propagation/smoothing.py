@@ -45,6 +45,15 @@ class SmoothingConfig:
     # on the network — toward a random walker seeded by the strokes with the network as its prior.
     stroke_weight: float = 0.0
     data_weight: float = 1.0
+    # Beyond the paper: a guided filter (the image as guide) of the estimate before Eq. 15, radius in
+    # pixels (0 = off) and ε: a superpixel-wise estimate is blocky and its steps need not sit on the
+    # image's edges; the filter moves each step onto the nearest colour edge.
+    guide_radius: int = 0
+    guide_eps: float = 1e-3
+    guide_subsample: int = 4  # the filter's coefficients computed at 1/4 size (He & Sun's fast variant)
+    # Beyond the paper, select mode: a band of this many pixels around the selection's outline is
+    # re-decided by a graph cut with colour models (core/propagation/snap.py); 0 = off.
+    snap_band: int = 0
     tolerance: float = 1e-3  # relative residual of the CG solve
     max_iterations: int = 500
 
