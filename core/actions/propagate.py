@@ -12,7 +12,7 @@ named DeepProp configuration, core/propagation/pipeline.CONFIGS: "paper" is the 
 the configuration's); "color_space" (colorize: lab keeps the gray's CIELab lightness, for a gray made
 from luminance as GIMP's; luma keeps it as Rec. 601 luma, for a gray most other software makes; auto
 picks the one whose lightness of the stroke colours matches the gray under them; absent: the
-configuration's, auto by default); "fg_color"/"bg_color"
+configuration's, lab by default); "fg_color"/"bg_color"
 (select: stroke pixels near these colors are foreground/background, default red/blue — the plug-in
 sends GIMP's FG/BG swatches; also what 'fg'/'bg' path names mean); "hard_selection" (select: threshold
 the mask at 0.5); "image_key" (names the image across runs so an edited path re-uses the trained

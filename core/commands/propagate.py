@@ -73,9 +73,9 @@ def register(subparsers) -> None:
         "--color-space",
         choices=COLOR_SPACES,
         default=None,
-        help="colorize: keep the gray's CIELab lightness (lab: a gray made from luminance, as GIMP makes it), "
-        "its Rec. 601 luma (luma: a gray made by most other software), or whichever the stroke colours match "
-        "under the strokes (auto, the default)",
+        help="colorize: keep the gray's CIELab lightness (lab, the default: a gray made from luminance, as GIMP "
+        "makes it), its Rec. 601 luma (luma: a gray made by most other software), or whichever of the two the "
+        "stroke colours match under the strokes (auto)",
     )
     parser.add_argument(
         "--smoothing",

@@ -54,6 +54,7 @@ class SmoothingConfig:
     # Beyond the paper, select mode: a band of this many pixels around the selection's outline is
     # re-decided by a graph cut with colour models (core/propagation/snap.py); 0 = off.
     snap_band: int = 0
+    snap_iterations: int = 2  # GrabCut's rounds of colour-model fitting and cutting
     tolerance: float = 1e-3  # relative residual of the CG solve
     max_iterations: int = 500
 
