@@ -86,9 +86,14 @@ class PropagationOptions:
 # re-deciding a band of 10 px, at most a third of the object's depth, around the outline (all of the
 # above: 0.861 / 0.882; ccp 0.917 / 0.939 → 0.955 / 0.960; a fixed 10 px band took small COCO objects
 # away, coco128-seg 0.693 first); SLIC with 5 iterations instead of 10 (0.860 / 0.879, within the
-# noise, 0.1 s less at 640×480). Tried and dropped: a per-image colour histogram posterior multiplied
-# into the estimate (w 0.3 / 0.5: 0.836 / 0.848 and 0.835 / 0.851), one superpixel per 200 px (0.855
-# / 0.874, COCO's small objects lose), chromaticity-preserving colorization (BSDS dev ΔE 7.20 vs 6.84).
+# noise, 0.1 s less at 640×480). The same default with the guided filter's resampling moved from
+# OpenCV to torch (faster, numerically a hair different): 0.861 / 0.868, the correction round moved by
+# two images alone (a tiny-people COCO photo, 0.532 → 0.394, and a dog whose simulated correction
+# stroke covers its legs, 0.903 → 0.762): the correction round is that noisy on 30 images. Neither a
+# 16 px band (0.864 / 0.869) nor 5 GrabCut iterations (0.861 / 0.869) did better. Tried and dropped:
+# a per-image colour histogram posterior multiplied into the estimate (w 0.3 / 0.5: 0.836 / 0.848 and
+# 0.835 / 0.851), one superpixel per 200 px (0.855 / 0.874, COCO's small objects lose),
+# chromaticity-preserving colorization (BSDS dev ΔE 7.20 vs 6.84).
 # Colorization stays in "lab" (GIMP's gray is L*-consistent, and the plug-in promises the lightness
 # kept); "auto" (apps.matching_color_space: reads from the strokes whether the gray is L* or luma) is an
 # option: Levin's luma-gray example2 ΔE 16.9 → 12.5 (Levin 9.0), example3 12.8 → 16.2 (Levin 17.4),
