@@ -90,7 +90,8 @@ class PropagationOptions:
 # OpenCV to torch (faster, numerically a hair different): 0.861 / 0.868, the correction round moved by
 # two images alone (a tiny-people COCO photo, 0.532 → 0.394, and a dog whose simulated correction
 # stroke covers its legs, 0.903 → 0.762): the correction round is that noisy on 30 images. Neither a
-# 16 px band (0.864 / 0.869) nor 5 GrabCut iterations (0.861 / 0.869) did better. Tried and dropped:
+# 16 px band (0.864 / 0.869) nor 5 GrabCut iterations (0.861 / 0.869) did better; a 0.1× rate gave
+# 0.861 / 0.875 (coco128-seg 0.794 vs 0.777, within the noise of 8 images; 0.3 kept). Tried and dropped:
 # a per-image colour histogram posterior multiplied into the estimate (w 0.3 / 0.5: 0.836 / 0.848 and
 # 0.835 / 0.851), one superpixel per 200 px (0.855 / 0.874, COCO's small objects lose),
 # chromaticity-preserving colorization (BSDS dev ΔE 7.20 vs 6.84).
