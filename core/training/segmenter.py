@@ -451,6 +451,8 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict, export_fla
                f"--class-balance {args['class_balance']} --not-person-weight {args['not_person_weight']} "
                + (f"--lovasz {args['lovasz']} --lovasz-side {args['lovasz_side']} " if args.get("lovasz") else "")
                + (f"--init {args['init']} " if args.get("init") else "")
+               + (f"--tune-after {args['tune_after']} --backbone-lr-scale {args['backbone_lr_scale']} "
+                  if args.get("tune_after") else "")
                + f"--threads {args['threads']} [--resume]\n"
                f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
                f"--export {weight_id} {export_flags}".rstrip())
@@ -458,12 +460,25 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict, export_fla
                    if args.get("lovasz") else "")
     if args.get("init"):
         lovasz_text += f"; the decoder started from `{args['init']}` (fine-tuning)"
+    if args.get("tune_after"):
+        lovasz_text += (f"; the backbone blocks after the {args['tune_after']} tap (the segmenter's own copy, "
+                        f"from ImageNet's weights, BatchNorm statistics kept) trained at "
+                        f"{args['backbone_lr_scale']} × the decoder's rate, from the cached {args['tune_after']} "
+                        "features")
+        backbone_text = (f"the frozen ImageNet EfficientNet-Lite0 (`efficientnet-lite0-imagenet`, shipped once, "
+                         f"loaded beside this file) up to its {args['tune_after']} tap on the gray photo replicated "
+                         "to RGB, then this segmenter's own fine-tuned copy of the later blocks (strides 16 and "
+                         "32; other models keep the frozen ones), and a trained FPN-style decoder (strides 8/16/32 "
+                         "+ image-level context → class scores at stride 8, bilinear to the input size). This file "
+                         "holds the late blocks and the decoder")
+    else:
+        backbone_text = ("the frozen ImageNet EfficientNet-Lite0 (`efficientnet-lite0-imagenet`, shipped once, "
+                         "loaded beside this file) on the gray photo replicated to RGB, and a trained FPN-style "
+                         "decoder (strides 8/16/32 + image-level context → class scores at stride 8, bilinear to "
+                         "the input size). This file holds the decoder only")
     return f"""# {weight_id}
 
-Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `segmenter`): the frozen
-ImageNet EfficientNet-Lite0 (`efficientnet-lite0-imagenet`, shipped once, loaded beside this file) on the
-gray photo replicated to RGB, and a trained FPN-style decoder (strides 8/16/32 + image-level context →
-class scores at stride 8, bilinear to the input size). This file holds the decoder only:
+Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `segmenter`): {backbone_text}:
 {path.stat().st_size / 1e6:.2f} MB fp16, config `{json.dumps(state['config'])}`, input about
 {args['side']}² pixels (aspect kept). The default segmenter of `segment` and of colorization's predicted
 map; GridNet from scratch (`gridnet-siftflow`) stays selectable (`--segmenter gridnet`).
@@ -487,7 +502,7 @@ photo in gray, SIFT Flow's also mirrored; people photos once (the top square of 
 ```
 {command}
 ```
-Backbone features of every view cached once; the decoder trains on the cache: AdamW lr {args['lr']}
+Backbone features of every view cached once (`--cache`); training reads the cache: AdamW lr {args['lr']}
 (cosine), weight decay {args['weight_decay']}, batch {args['batch']}, {args['steps']} steps, loss at
 {args['label_side']}², cross-entropy weighted by (median / class frequency)^{args['class_balance']}
 clipped to [0.1, 10], plus −log(1 − p(person)) on Clothing Co-Parsing's non-person pixels (weight
@@ -502,13 +517,16 @@ Decoder training time {state['elapsed_s'] / 60:.1f} min (step time, after the fe
 Inference: config `test_flip` {state['config'].get('test_flip', False)}, `test_scales`
 {list(state['config'].get('test_scales', [1.0]))} (scores averaged over the mirrored and rescaled photo).
 
-## Held-out metrics (full-resolution pipeline, `pipeline.segment`, unlabeled pixels not scored)
-{report['siftflow_images']} SIFT Flow photos at 256², {report['people_images']} people photos (person IoU
-against their masks, every pixel scored).
+## Held-out metrics (full-resolution pipeline, `pipeline.segment`)
+{report['siftflow_images']} SIFT Flow photos at their 256² label resolution; mIoU as FCN reports SIFT Flow
+(`segmentation_scores`): one confusion matrix accumulated over all {report['siftflow_images']} photos,
+unlabeled pixels not scored, IoU of each class with a nonzero union (in the truth or predicted), mIoU their
+mean. The colorization bench reports the same function on the same photos. {report['people_images']} people
+photos: person IoU against their masks, every pixel scored, accumulated over the photos.
 
 {chr(10).join(summary)}
 
-Per-class IoU on the held-out SIFT Flow photos (classes present there):
+Per-class IoU on the held-out SIFT Flow photos (classes with a nonzero union):
 
 {chr(10).join(rows)}
 """
