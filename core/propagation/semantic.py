@@ -84,14 +84,19 @@ def semantic_features(rgb: np.ndarray, backbone: EfficientNetLite0, cfg: Semanti
     if k < cfg.channels:  # a tiny image has fewer grid pixels than channels: the rest stay zero
         projected = F.pad(projected, (0, cfg.channels - k))
     lowres = projected.T.reshape(1, cfg.channels, *grid)
-    full = F.interpolate(lowres, size=(h, w), mode="bilinear", align_corners=False)[0]
-    full = full.permute(1, 2, 0).contiguous().numpy()
-    if cfg.guide_radius > 0:
-        guide = np.ascontiguousarray(rgb[..., :3], dtype=np.float32)
-        if guide.shape[2] == 1:
-            guide = np.repeat(guide, 3, axis=2)
-        full = guided_filter(guide, full, cfg.guide_radius, cfg.guide_eps, cfg.guide_subsample)
-    return full
+    if cfg.guide_radius <= 0:
+        full = F.interpolate(lowres, size=(h, w), mode="bilinear", align_corners=False)[0]
+        return full.permute(1, 2, 0).contiguous().numpy()
+    guide = np.ascontiguousarray(rgb[..., :3], dtype=np.float32)
+    if guide.shape[2] == 1:
+        guide = np.repeat(guide, 3, axis=2)
+    # The features go straight from their stride-8 grid to the filter's coefficient grid: resampling
+    # them to full size first, only for the filter to shrink them again, was most of its cost.
+    small_size = _small_size(h, w, cfg.guide_subsample)
+    small_src = F.interpolate(lowres, size=small_size, mode="bilinear", align_corners=False)[0]
+    return guided_filter(
+        guide, small_src.permute(1, 2, 0).contiguous().numpy(), cfg.guide_radius, cfg.guide_eps, cfg.guide_subsample
+    )
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
@@ -99,13 +104,15 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     of ``guide`` (H×W×3) in each (2r+1)² window, the coefficients averaged → H×W×C float32. Where the
     guide has an edge the output follows it; where it is flat the output is ``src`` box-smoothed.
     ``subsample`` > 1 is He & Sun's fast variant: the coefficients are computed on both images
-    shrunk by that factor (radius too) and upsampled, only the final a·I + b runs at full size."""
+    shrunk by that factor (radius too) and upsampled, only the final a·I + b runs at full size.
+    ``src`` may already be at the shrunk size (what semantic_features passes)."""
     h, w = guide.shape[:2]
     full_guide = guide
     if subsample > 1:
-        size_small = (max(1, round(w / subsample)), max(1, round(h / subsample)))
-        guide = _resize(guide, size_small, cv2.INTER_AREA)
-        src = _resize(src, size_small, cv2.INTER_AREA)
+        small_h, small_w = _small_size(h, w, subsample)
+        guide = _resize(guide, (small_w, small_h), cv2.INTER_AREA)
+        if src.shape[:2] != (small_h, small_w):
+            src = _resize(src, (small_w, small_h), cv2.INTER_AREA)
         radius = max(1, round(radius / subsample))
     size = (2 * radius + 1, 2 * radius + 1)
 
@@ -134,27 +141,28 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
         cov_ip = box(guide * src[..., c : c + 1]) - mean_i * mean_p[..., c : c + 1]  # h×w×3
         coef_a[..., c, :] = np.einsum("hwij,hwj->hwi", inverse, cov_ip)
     coef_b = mean_p - (coef_a * mean_i[..., None, :]).sum(3)
-    mean_a = box(coef_a.reshape(gh, gw, channels * 3))
-    mean_b = box(coef_b)
-    if subsample > 1:
+    mean_a = box(coef_a.reshape(gh, gw, channels * 3)).reshape(gh, gw, channels * 3)
+    mean_b = box(coef_b).reshape(gh, gw, channels)
+    if (gh, gw) != (h, w):
         mean_a = _resize(mean_a, (w, h), cv2.INTER_LINEAR)
         mean_b = _resize(mean_b, (w, h), cv2.INTER_LINEAR)
     mean_a = mean_a.reshape(h, w, channels, 3)
-    mean_b = mean_b.reshape(h, w, channels)
-    return (np.einsum("hwcj,hwj->hwc", mean_a, full_guide) + mean_b).astype(np.float32)
+    return (np.einsum("hwcj,hwj->hwc", mean_a, full_guide) + mean_b).astype(np.float32, copy=False)
+
+
+def _small_size(h: int, w: int, subsample: int) -> tuple[int, int]:
+    """The (height, width) of the guided filter's coefficient grid."""
+    if subsample <= 1:
+        return h, w
+    return max(1, round(h / subsample)), max(1, round(w / subsample))
 
 
 def _resize(image: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
-    """An H×W×C float32 array resized to ``size`` (width, height) with any C: area averaging to shrink
-    (``cv2.INTER_AREA``), bilinear otherwise. torch's channel-first resampling, since OpenCV takes at
-    most 4 channels at once and slicing them out cost more than the filter itself."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-    target = (size[1], size[0])
-    if interpolation == cv2.INTER_AREA:
-        out = F.interpolate(tensor, size=target, mode="area")
-    else:
-        out = F.interpolate(tensor, size=target, mode="bilinear", align_corners=False)
-    return out[0].permute(1, 2, 0).contiguous().numpy()
+    """An H×W×C float32 array resized to ``size`` (width, height), C kept even when it is 1. OpenCV
+    resizes all channels in one channel-last pass (10× faster than torch's area mode and than its
+    bilinear mode on a channel-last view, measured at 640×480 on one thread)."""
+    out = cv2.resize(np.ascontiguousarray(image, dtype=np.float32), size, interpolation=interpolation)
+    return out.reshape(size[1], size[0], -1)
 
 
 def _crop(fmap: torch.Tensor, pad: int, padded: torch.Size) -> torch.Tensor:
