@@ -32,8 +32,9 @@ def blurred(mask: np.ndarray, grow: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("subsample", [1, 4])
-def test_guided_filter_moves_a_blurred_step_onto_the_guides_edge(subsample):
-    rgb, disk = disk_scene()
+@pytest.mark.parametrize("size", [(96, 128), (97, 131)])  # the second not a multiple of the subsample
+def test_guided_filter_moves_a_blurred_step_onto_the_guides_edge(subsample, size):
+    rgb, disk = disk_scene(*size)
     soft = np.stack([blurred(disk, 5), 1 - blurred(disk, 5)] * 3, axis=2)  # 6 channels: any count works
     out = guided_filter(rgb, soft, radius=8, eps=1e-3, subsample=subsample)
     assert out.shape == soft.shape and out.dtype == np.float32
