@@ -3,11 +3,13 @@
 Pretrained encoder (the default colorizer) on every colour photo in ../shared/datasets:
 
     python -m core.training.colorizer --backbone efficientnet-lite0 --data ../shared/datasets \
-        --out runs/colorizer-lite --head bins [--resume]
+        --out runs/colorizer-lite --head bins --people-share 0.35 [--resume]
+    python -m core.training.colorizer --data ../shared/datasets --out runs/colorizer-lite --tune-decoding
     python -m core.training.colorizer --out runs/colorizer-lite --export colorizer-lite0
 
 The photos are split by source group (core.data.colorization): ``train`` trains, ``select`` picks the
-checkpoint (lowest mean ΔE with the segmenter's predicted map), ``heldout`` is left to the bench. Each photo
+checkpoint (bins head: lowest select loss with the segmenter's predicted map) and the decoding of the bins
+(``--tune-decoding``, on select's full photos through the pipeline), ``heldout`` is left to the bench. Each photo
 gives square views (``--side``², train: the first square and the last one mirrored); the frozen backbone's
 features of the gray view, the segmenter's predicted map (the shipped segmenter's decoder on those same
 features) and the ground-truth map where labels exist are computed ONCE into ``--cache`` and the head
