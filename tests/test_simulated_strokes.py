@@ -50,3 +50,24 @@ def test_correction_goes_where_the_result_is_most_wrong():
     # Thin slivers along the boundary are not where a user corrects.
     sliver = mask ^ cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     assert correction_stroke(mask, mask | sliver, brush=5) is None
+
+
+def test_correction_never_paints_across_the_true_outline():
+    # Two legs, each half missed, and the gap between them filled: missed and extra pixels touch, and
+    # together the extra ones are the majority. One stroke along the whole wrong blob would paint
+    # background over the legs; the correction marks only pixels of its own side.
+    mask = np.zeros((120, 160), bool)
+    mask[10:60, 40:120] = True  # the body
+    mask[60:115, 40:60] = mask[60:115, 100:120] = True  # two legs
+    result = mask.copy()
+    result[60:115, 40:120] = True  # the gap between the legs filled
+    result[85:115, 40:60] = result[85:115, 100:120] = False  # the legs' lower halves missed
+    brush = 5
+    line, is_fg = correction_stroke(mask, result, brush)
+    strokes = user_strokes(mask, brush)
+    fg_lines = strokes.fg + [line] if is_fg else strokes.fg
+    bg_lines = strokes.bg if is_fg else strokes.bg + [line]
+    raster = type(strokes)(fg_lines, bg_lines, brush).raster(mask.shape, FG, BG)
+    labels = labels_for_selection(raster, FG, BG).labels
+    assert not is_fg  # the gap is the largest single wrong region
+    assert mask[labels == 0].all() and not mask[labels == 1].any()

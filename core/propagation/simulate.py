@@ -73,17 +73,32 @@ def user_strokes(mask: np.ndarray, brush: int | None = None) -> UserStrokes:
 
 def correction_stroke(mask: np.ndarray, foreground: np.ndarray, brush: int) -> tuple[np.ndarray, bool] | None:
     """Where the result ``foreground`` (H×W bool) is most wrong against ``mask``: the largest region
-    of wrong pixels once slivers thinner than the brush are removed, and a stroke along its spine.
+    of missed or of extra pixels once slivers thinner than the brush are removed, and a stroke along
+    its spine. Missed and extra pixels are separate regions and the stroke must stay on its side
+    of the true outline: a user correcting a dog whose legs were missed and the gaps between them
+    filled paints the legs or a gap, never a stroke across both that erases the legs.
     Returns (polyline, True for a foreground stroke) or None when no wrong region can hold a stroke."""
     mask = mask.astype(bool)
-    wrong = (foreground.astype(bool) != mask).astype(np.uint8)
+    foreground = foreground.astype(bool)
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (brush, brush))
-    wrong = cv2.morphologyEx(wrong, cv2.MORPH_OPEN, disk).astype(bool)
-    for part in components(wrong, brush * brush):
+    regions: list[tuple[np.ndarray, bool]] = []
+    for is_fg, wrong in ((True, mask & ~foreground), (False, ~mask & foreground)):
+        opened = cv2.morphologyEx(wrong.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
+        regions.extend((part, is_fg) for part in components(opened, brush * brush))
+    regions.sort(key=lambda region: -int(region[0].sum()))
+    for part, is_fg in regions:
         lines = region_strokes(part, brush, branches=0, margin=brush / 2)
-        if lines:
-            return lines[0], bool(mask[part].mean() >= 0.5)
+        if lines and stays_on_side(lines[0], mask == is_fg, brush):
+            return lines[0], is_fg
     return None
+
+
+def stays_on_side(line: np.ndarray, side: np.ndarray, brush: int) -> bool:
+    """Whether ``line`` drawn with ``brush`` (as the scribble raster draws it) covers only ``side``."""
+    h, w = side.shape
+    path = StrokePath("stroke", [line], [False], fallback_color=(255, 0, 0))
+    covered = rasterize_paths([path], h, w, brush, (255, 0, 0), (0, 0, 255))[..., 3] > 0
+    return bool(side[covered].all())
 
 
 def components(region: np.ndarray, min_area: float) -> list[np.ndarray]:
