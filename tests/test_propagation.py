@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -656,3 +659,33 @@ def test_stroke_prior_reweights_the_estimate_by_the_classes_stroke_shares():
     expected = plain.probabilities * np.array([0.5, 1.5], np.float32)  # share × classes
     expected /= expected.sum(2, keepdims=True)
     np.testing.assert_allclose(weighted.probabilities, expected, atol=1e-5)
+
+
+def test_a_correction_changes_the_selection_only_near_the_edit():
+    # Two bright bars alike on a dark noisy ground; a background stroke on the right bar deselects it.
+    # The previous selection also held a patch of ground far from that stroke (as if an earlier round
+    # got it wrong there): the correction does not touch it, only --config semantic's local rule
+    # keeps it, and the result is the state's new previous selection.
+    rng = np.random.default_rng(0)
+    img = (0.25 + 0.04 * rng.standard_normal((48, 72, 1))).repeat(3, 2).astype(np.float32)
+    img[6:42, 10:22] = img[6:42, 50:62] = (0.85, 0.8, 0.6)
+    labels = np.full((48, 72), -1, np.int32)
+    labels[10:38, 14:18] = 0  # foreground (red) on the left bar
+    labels[2:4, 4:68] = labels[44:46, 4:68] = labels[8:40, 34:38] = 1  # background (blue) around
+    colors = [(255, 0, 0), (0, 0, 255)]
+    options = PropagationOptions(mode="select", model=FAST, fg=colors[0], bg=colors[1], local_corrections=True)
+    first, state = propagate(img, stroke_set(labels, colors), options)
+    assert (first.output[6:42, 10:22] > 0.5).mean() > 0.95 and (first.output[20:30, 25:31] < 0.5).all()
+    state.last_selection = first.output.copy()
+    state.last_selection[20:30, 25:31] = 1.0
+    corrected_labels = labels.copy()
+    corrected_labels[10:38, 54:58] = 1  # the correction: the right bar is background
+    for local in (True, False):
+        second, after = propagate(
+            img, stroke_set(corrected_labels, colors), replace(options, local_corrections=local), copy.deepcopy(state)
+        )
+        assert second.incremental
+        assert (second.output[6:42, 50:62] < 0.5).mean() > 0.9
+        assert (second.output[6:42, 10:22] > 0.5).mean() > 0.95
+        assert (second.output[20:30, 25:31] > 0.5).all() == local
+        assert after.last_selection is second.output

@@ -9,7 +9,7 @@ import pytest
 from core.imaging.color import lab_to_rgb, rgb_to_lab
 from core.propagation.apps import matching_color_space
 from core.propagation.semantic import guided_filter
-from core.propagation.snap import snap_selection
+from core.propagation.snap import local_change, snap_selection
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,3 +130,23 @@ def test_incremental_rate_scales_the_update_of_the_kept_network():
     for (name, before), after in zip(model.state_dict().items(), frozen.state_dict().values()):
         torch.testing.assert_close(after, before, msg=name)  # rate 0: the kept weights stay
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), moved.state_dict().values()))
+
+
+def test_a_correction_changes_only_the_parts_it_touches():
+    previous = np.zeros((60, 80), np.float32)
+    previous[10:50, 10:30] = 0.9  # a person
+    previous[10:50, 50:70] = 0.8  # a coat the first result got right
+    current = previous.copy()
+    current[40:50, 30:46] = 0.7  # the gap the correction stroke marked...
+    current[10:50, 50:70] = 0.2  # ...and the coat lost far from it
+    edited = np.zeros((60, 80), bool)
+    edited[44:46, 36:44] = True  # the correction stroke, inside the gap
+    out = local_change(previous, current, edited, reach=2)
+    assert (out[40:50, 30:46] == 0.7).all()  # the touched change is kept
+    assert (out[10:50, 50:70] == 0.8).all()  # the far flip is undone
+    assert (out[10:40, 10:30] == 0.9).all()
+    # No edit (strokes unchanged) or a change that touches the edit: the new result as it is.
+    assert local_change(previous, current, np.zeros_like(edited)) is current
+    wide = np.zeros_like(edited)
+    wide[20:22, 55:60] = True
+    assert (local_change(previous, current, wide, reach=2)[10:50, 50:70] == 0.2).all()

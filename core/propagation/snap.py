@@ -55,3 +55,28 @@ def snap_selection(
     # Keep the estimate's confidence, on the cut's side of 0.5.
     p = foreground.astype(np.float32)
     return np.where(cut, np.maximum(p, 1 - p), np.minimum(p, 1 - p)).astype(np.float32)
+
+
+def local_change(previous: np.ndarray, current: np.ndarray, edited: np.ndarray, reach: int | None = None) -> np.ndarray:
+    """A correction changes what it touches: the parts of the selection that flipped between
+    ``previous`` and ``current`` (H×W probabilities) and lie within ``reach`` pixels (default 2 % of
+    the short side, about a brush width) of the ``edited`` stroke pixels (H×W bool) take ``current``;
+    parts that flipped far from any edit keep ``previous``.
+
+    Why: retraining on one more stroke moves the network everywhere. On the bench a background stroke
+    on grey pavement between a woman's legs also took away her grey coat (F1 0.945 → 0.80), which no
+    user asked for; on the dev split 6 of 30 corrections lowered F1, 2 with this rule (mean 0.876 →
+    0.878). A stroke on a missed part still gets all of that part: the flipped region is connected.
+    """
+    if previous.shape != current.shape or not edited.any():
+        return current
+    changed = ((previous > 0.5) != (current > 0.5)).astype(np.uint8)
+    count, parts = cv2.connectedComponents(changed, connectivity=8)
+    if count <= 1:
+        return current
+    reach = reach if reach is not None else max(3, round(0.02 * min(edited.shape)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+    near = cv2.dilate(edited.astype(np.uint8), disk) > 0
+    touched = np.unique(parts[near & (changed > 0)])
+    far = (changed > 0) & ~np.isin(parts, touched)
+    return np.where(far, previous, current).astype(np.float32)
