@@ -216,3 +216,15 @@ def test_exported_colorizer_holds_no_backbone_and_loads_the_shared_one(tmp_path)
         pipeline.load_colorizer(torch.device("cpu"), "colorizer-test", manifest=Manifest.load(tmp_path))
     assert error.value.code == ErrorCode.weights_corrupt and str(path) in error.value.message
     assert "installer" in error.value.message
+
+
+def test_decoding_sweeps_pick_the_closest_setting_that_stays_colourful_enough():
+    from core.training.colorizer import closest_colourful_enough
+
+    rows = [
+        {"name": "gray-ish", "delta_e": 8.0, "people_colorfulness_ratio": 0.3},
+        {"name": "vivid", "delta_e": 9.5, "people_colorfulness_ratio": 0.8},
+        {"name": "balanced", "delta_e": 8.7, "people_colorfulness_ratio": 0.66},
+    ]
+    assert closest_colourful_enough(rows, "delta_e", 0.65)["name"] == "balanced"
+    assert closest_colourful_enough(rows, "delta_e", 0.9)["name"] == "vivid"  # none enough: most colourful

@@ -120,17 +120,8 @@ class EfficientNetLite0(nn.Module):
     def features(self, rgb: torch.Tensor, taps: tuple[str, ...] = ("stride8", "stride16", "stride32"),
                  ) -> dict[str, torch.Tensor]:
         """Feature maps at the requested output strides (RGB in [0, 1], N×3×H×W)."""
-        wanted = {self.stage_ends[FEATURE_STRIDES[name]]: name for name in taps}
-        last = max(wanted)
-        out = {}
         x = F.relu6(self._bn0(self._conv_stem(self.normalize(rgb))))
-        for index, block in enumerate(self._blocks):
-            x = block(x)
-            if index in wanted:
-                out[wanted[index]] = x
-            if index == last:
-                break
-        return out
+        return run_blocks(self._blocks, x, {self.tap_block(name): name for name in taps})
 
     def tap_block(self, tap: str) -> int:
         """Index of the block whose output is the feature tap ``tap`` (e.g. "stride8")."""

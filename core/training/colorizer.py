@@ -488,7 +488,7 @@ def tune_temperature(args: argparse.Namespace) -> None:
         train_cache = build_cache(args.data, "train", best["args"]["side"], Path(best["args"]["cache"]), None,
                                   None, 0)
         best["model"]["ab_log_weights"] = bin_coding(train_cache, best["args"]["rebalance"]).weights.log()
-    rows, chosen = [], None
+    rows = []
     for temperature, correction in ((t, c) for c in args.prior_corrections for t in args.temperatures):
         model = ColorizationUNet(ColorizerConfig.from_dict(dict(best["config"], temperature=temperature,
                                                                 prior_correction=correction)))
@@ -502,15 +502,21 @@ def tune_temperature(args: argparse.Namespace) -> None:
                "people_colorfulness_ratio": round(portraits["colorfulness_ratio_predicted"], 3)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-        if row["people_colorfulness_ratio"] >= args.min_colorfulness and (
-                chosen is None or row["delta_e"] < chosen["delta_e"]):
-            chosen = row
-    chosen = chosen or max(rows, key=lambda r: r["people_colorfulness_ratio"])
+    chosen = closest_colourful_enough(rows, "delta_e", args.min_colorfulness)
     best["config"] = dict(best["config"], temperature=chosen["temperature"],
                           prior_correction=chosen["prior_correction"])
     best["temperature_sweep"] = {"rows": rows, "chosen": chosen, "min_colorfulness": args.min_colorfulness}
     save_checkpoint(out / "best.pt", **best)
     print(f"temperature {chosen['temperature']}: {chosen}")
+
+
+def closest_colourful_enough(rows: list[dict], delta_e_key: str, min_colorfulness: float) -> dict:
+    """The decoding rule of both sweeps: the lowest ``delta_e_key`` among the rows whose people photos keep
+    ``min_colorfulness`` of the originals' colourfulness; when none does, the most colourful row."""
+    enough = [row for row in rows if row["people_colorfulness_ratio"] >= min_colorfulness]
+    if enough:
+        return min(enough, key=lambda row: row[delta_e_key])
+    return max(rows, key=lambda row: row["people_colorfulness_ratio"])
 
 
 @dataclass
@@ -570,15 +576,12 @@ def tune_decoding(args: argparse.Namespace) -> None:
         selected.append(SelectPhoto(photo.is_people, lightness, rgb_to_lab_torch(rgb_t)[0],
                                     float(colorfulness_torch(rgb_t)[0]), skin, scores, tuple(gray.shape[-2:])))
     print(f"{len(selected)} select photos ({sum(p.people for p in selected)} people)", flush=True)
-    rows, chosen = [], None
+    rows = []
     for setting in decoding_grid(args):
         row = dict(setting, **decoded_metrics(selected, model, setting))
         print(json.dumps(row), flush=True)
         rows.append(row)
-        if row["people_colorfulness_ratio"] >= args.min_colorfulness and (
-                chosen is None or row["delta_e_groups"] < chosen["delta_e_groups"]):
-            chosen = row
-    chosen = chosen or max(rows, key=lambda r: r["people_colorfulness_ratio"])
+    chosen = closest_colourful_enough(rows, "delta_e_groups", args.min_colorfulness)
     best["config"] = dict(best["config"], **{k: chosen[k] for k in ("temperature", "prior_correction",
                                                                     "chroma_bonus")})
     best["decoding_sweep"] = {"rows": rows, "chosen": chosen, "min_colorfulness": args.min_colorfulness,
