@@ -55,6 +55,9 @@ class SmoothingConfig:
     # re-decided by a graph cut with colour models (core/propagation/snap.py); 0 = off.
     snap_band: int = 0
     snap_iterations: int = 2  # GrabCut's rounds of colour-model fitting and cutting
+    # Beyond the paper, select mode with local corrections: a correction's flipped pixels must be
+    # supported by its stroke, judged by this many colour centres per side (snap.supported_flips); 0 = off.
+    correction_colours: int = 0
     tolerance: float = 1e-3  # relative residual of the CG solve
     max_iterations: int = 500
 
