@@ -2,11 +2,12 @@
 segmentation quality against GrabCut and the random walker on the same strokes, colorization against
 Levin et al. 2004. Prints JSON.
 
-    python -m bench.propagation [--data ../shared/datasets] [--threads N] [--per-set 8] [--colorize 4]
+    python -m bench.propagation [--data ../shared/datasets] [--threads N] [--per-set 8] [--colorize 8]
                                 [--split bench|dev] [--out bench/results] [--max-side 480]
                                 [--sizes 400x314,...] [--repeat 3] [--skip-speed] [--skip-quality]
                                 [--skip-colorize] [--config semantic|paper] [--set PART.FIELD=VALUE]
-                                [--methods deepprop,grabcut,random_walker]
+                                [--methods deepprop,grabcut,random_walker] [--gray gimp|luma]
+                                [--only speed|quality|colorization] [--merge-into FILE.json]
 
 ``--config`` picks DeepProp's named configuration (core/propagation/pipeline.CONFIGS; "paper" is the
 published method), ``--set`` overrides one field for an ablation (``model.semantic_channels=16``,
@@ -38,8 +39,15 @@ solved exactly with scipy's sparse LU (``pip install -e '.[bench]'``). Images ar
 ``--max-side``.
 
 Colorization (c): ΔE (CIE76) to the colour original for DeepProp and Levin et al. 2004 (written here
-from the paper) on the same strokes: Levin's own examples (their scribbles; their published result
-beside ours) and BSDS500 val photos in gray with strokes coloured from the original.
+from the paper; also its solve mixing Lab a*, b* with L* kept, to tell propagation from colour space)
+on the same strokes: Levin's own examples (their gray and scribbles; their published result beside
+ours) and ``--colorize`` photos from each of six sources (BSDS500 val, Kodak, ImageNet samples, COCO
+scenes, CCP people, DAVIS frames: COLOR_SOURCES), drawn by a hash from the bench split (never the dev
+quarter the colorization settings were chosen on), at most 480 px, made gray as GIMP makes it
+(``--gray luma``: as most other software does), with a stroke of the user's brush in each colour of
+the original and its median colour (colour_strokes). Per photo, then mean, median and a 95 % bootstrap
+interval, and the paired DeepProp − Levin difference. ``--only colorization --merge-into
+bench/results/propagation.json`` reruns this part alone and writes its entry, keeping the others.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -59,11 +68,12 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from core.imaging.color import lab_to_rgb, rgb_to_lab
+from core.imaging.color import rgb_to_lab, srgb_to_linear_torch
 from core.imaging.io import load_image, load_mask, to_float
 from core.models.efficientnet_lite import load_pretrained
+from core.propagation.apps import lab_to_rgb_keep_lightness
 from core.propagation.pipeline import CONFIGS, DEFAULT_CONFIG, PropagationOptions, configured, propagate
-from core.propagation.simulate import correction_stroke, user_brush, user_strokes
+from core.propagation.simulate import components, correction_stroke, user_brush, user_strokes
 from core.propagation.simulate import region_strokes as spine_strokes
 from core.propagation.strokes import StrokePath, labels_for_selection, labels_from_scribbles, rasterize_paths
 
@@ -362,6 +372,135 @@ def draw_pr_curves(curves: dict[str, dict], path: Path, size: int = 320) -> None
 
 # --- colorization ----------------------------------------------------------------------------------
 
+# Colour photos for the colorization comparison, several kinds of scene: (source, folder). A photo's
+# split key is the one the rest of this bench gives it (BSDS: "bsds/<id>", the key DeepProp's
+# colorization settings were chosen on; DAVIS: its sequence; the salient sets: "<set>/<id>"), so the dev
+# quarter that chose DeepProp's settings is never drawn.
+COLOR_SOURCES: tuple[tuple[str, str], ...] = (
+    ("bsds500", "bsds500/val/images"),
+    ("kodak24", "photos/kodak24"),
+    ("imagenet-samples", "photos/imagenet-samples"),
+    ("coco128", "photos/coco128"),
+    ("people/ccp", "people/ccp/images"),
+    ("davis", "davis/train/images"),
+)
+GRAYS = ("gimp", "luma")
+# babl's luminance weights (linear sRGB, primaries Bradford-adapted to D50): what GIMP's gray keeps.
+GIMP_LUMINANCE = np.array([0.22248840, 0.71690369, 0.06060791], np.float32)
+STROKE_REGIONS = 12  # strokes per photo (colour_regions says which regions get them)
+COLOR_CLUSTERS = 8  # k-means colours a region map is made of
+BOOTSTRAP = 10_000
+COLOR_METHODS = ("deepprop", "levin2004", "levin2004_lab", "gray_input")
+
+
+def colour_split_key(source: str, path: Path) -> str:
+    if source == "bsds500":
+        return f"bsds/{path.stem}"
+    if source == "davis":
+        return f"davis/{path.stem.rsplit('_', 1)[0]}"
+    return f"{source}/{path.stem}"
+
+
+def draw_rank(name: str) -> str:
+    return hashlib.sha1(f"colorization/{name}".encode()).hexdigest()
+
+
+def colour_photos(root: Path, per_source: int, split: str) -> list[tuple[str, Path]]:
+    """(id, path) of ``per_source`` photos of ``split`` from each of COLOR_SOURCES, the first in the
+    order of a hash of their ids: a fixed rule that never looks at the content. DAVIS gives at most one
+    frame per sequence (its frames are near-duplicates), the frame drawn by the same hash."""
+    drawn = []
+    for source, folder in COLOR_SOURCES:
+        by_group: dict[str, Path] = {}
+        for path in sorted((root / folder).glob("*.jpg")):
+            group = colour_split_key(source, path)
+            if split_of(group) != split:
+                continue
+            if group not in by_group or draw_rank(path.stem) < draw_rank(by_group[group].stem):
+                by_group[group] = path
+        ordered = sorted(by_group.items(), key=lambda item: draw_rank(item[0]))
+        drawn.extend((f"{source}/{path.stem}", path) for _, path in ordered[:per_source])
+    return drawn
+
+
+def gray_of(rgb: np.ndarray, kind: str = "gimp") -> np.ndarray:
+    """The gray a user starts from, in 8 bits. "gimp": GIMP's Image ▸ Mode ▸ Grayscale, the luminance
+    of linear light with babl's sRGB primaries (adapted to D50) sRGB-encoded, GIMP 3.0's and 3.2's
+    values but for a rare rounding tie (tests/e2e/test_gray_e2e.py): it keeps the luminance Y, so L*,
+    and ΔE to the original measures the colours a method adds. "luma": Y' = 0.299 R' + 0.587 G' +
+    0.114 B' of the encoded values, the gray most other software makes (and Levin et al.'s examples
+    are)."""
+    if kind == "luma":
+        value = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    else:
+        linear = srgb_to_linear_torch(torch.from_numpy(rgb.astype(np.float32))).numpy()
+        luminance = linear @ GIMP_LUMINANCE
+        encoded = 1.055 * np.power(luminance, 1 / 2.4) - 0.055
+        value = np.where(luminance <= 0.0031308, 12.92 * luminance, encoded)
+    gray = np.repeat(np.clip(value, 0, 1)[..., None], 3, axis=2)
+    return (gray * 255).round().astype(np.float32) / 255
+
+
+def kmeans_centres(points: np.ndarray, count: int, rng: np.random.Generator, rounds: int = 20) -> np.ndarray:
+    """``count`` k-means centres of ``points`` (N×D) from k-means++ seeding on a sample of them."""
+    sample = points[rng.choice(len(points), min(len(points), 20_000), replace=False)]
+    centres = sample[rng.integers(len(sample))][None]
+    for _ in range(1, count):
+        distance = np.square(sample[:, None] - centres[None]).sum(2).min(1)
+        if distance.sum() <= 0:  # fewer distinct colours than clusters
+            break
+        centres = np.vstack([centres, sample[rng.choice(len(sample), p=distance / distance.sum())]])
+    for _ in range(rounds):
+        nearest = np.square(sample[:, None] - centres[None]).sum(2).argmin(1)
+        centres = np.stack(
+            [sample[nearest == k].mean(0) if (nearest == k).any() else centre for k, centre in enumerate(centres)]
+        )
+    return centres
+
+
+def colour_regions(rgb: np.ndarray, brush: int) -> list[np.ndarray]:
+    """The regions of one colour a user colouring the photo (``rgb``: H×W×3 float in [0, 1]) paints, in
+    the order a user strokes them (H×W bool each): the original's Lab colours, blurred over a quarter
+    brush, in COLOR_CLUSTERS k-means clusters; each pixel takes the cluster most common within a brush
+    width (speckle thinner than a stroke is no region to a user); connected parts of at least four brush
+    areas that a stroke fits inside (a sliver of blended colours along an edge is no region either).
+    First the largest part of every colour, largest first (a user gives each colour in the photo
+    a stroke, a small red coat as much as the sky), then the remaining parts, largest first."""
+    blurred = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), max(brush / 4, 0.5))
+    lab = rgb_to_lab(blurred).reshape(-1, 3).astype(np.float64)
+    centres = kmeans_centres(lab, COLOR_CLUSTERS, np.random.default_rng(0))
+    nearest = np.square(lab[:, None] - centres[None]).sum(2).argmin(1).reshape(rgb.shape[:2])
+    votes = [cv2.blur((nearest == k).astype(np.float32), (brush, brush)) for k in range(len(centres))]
+    clusters = np.stack(votes).argmax(0)
+    parts = [
+        [part for part in components(clusters == k, 4 * brush * brush) if depth(part) >= brush]
+        for k in range(len(centres))
+    ]
+    first = sorted((colour[0] for colour in parts if colour), key=lambda part: -int(part.sum()))
+    rest = sorted((part for colour in parts for part in colour[1:]), key=lambda part: -int(part.sum()))
+    return first + rest
+
+
+def depth(region: np.ndarray) -> float:
+    """The largest distance from inside ``region`` to its boundary (the image frame counts)."""
+    padded = cv2.copyMakeBorder(region.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    return float(cv2.distanceTransform(padded, cv2.DIST_L2, 5).max())
+
+
+def colour_strokes(truth_u8: np.ndarray) -> np.ndarray:
+    """H×W×4 scribbles as a user colouring the gray photo paints them: a stroke of the user's brush
+    along the spine of each of the first STROKE_REGIONS colour regions (colour_regions), painted with
+    the original's median colour under it. The same scribbles go to every method."""
+    h, w = truth_u8.shape[:2]
+    brush = user_brush((h, w))
+    raster = np.zeros((h, w, 4), np.uint8)
+    for region in colour_regions(truth_u8.astype(np.float32) / 255, brush)[:STROKE_REGIONS]:
+        for line in spine_strokes(region, brush, branches=0):
+            path = StrokePath("s", [line], [False], fallback_color=(1, 1, 1))
+            under = rasterize_paths([path], h, w, brush)[..., 3] > 0
+            raster[under] = (*np.median(truth_u8[under], axis=0).astype(np.uint8), 255)
+    return raster
+
 
 def delta_e(rgb: np.ndarray, truth: np.ndarray) -> float:
     """Mean CIE76 ΔE (Lab distance) to the original."""
@@ -372,27 +511,27 @@ def delta_e(rgb: np.ndarray, truth: np.ndarray) -> float:
     )
 
 
-def gray_of(rgb: np.ndarray) -> np.ndarray:
-    """The photo's CIELab lightness as neutral gray RGB: both methods keep the input's lightness, so
-    ΔE to the original measures the colours they propagate and nothing else."""
-    lab = rgb_to_lab(rgb.astype(np.float32))
-    lab[..., 1:] = 0
-    return np.clip(lab_to_rgb(lab), 0, 1)
-
-
-def colorize_both(gray: np.ndarray, raster: np.ndarray, truth: np.ndarray, options: PropagationOptions) -> dict:
+def colorize_all(
+    gray: np.ndarray, raster: np.ndarray, truth: np.ndarray, options: PropagationOptions
+) -> dict:
+    """ΔE to ``truth`` and seconds of DeepProp, Levin et al. 2004 as published (YIQ) and Levin's solve
+    mixing CIELab a*, b* (L* kept, as DeepProp's default does), all from the same scribbles."""
     marked = raster[..., 3] > 0
-    t0 = time.perf_counter()
+    scribbles = raster[..., :3].astype(np.float32) / 255
+    row: dict = {}
+    start = time.perf_counter()
     result, _ = propagate(gray, labels_from_scribbles(raster), replace(options, mode="colorize"))
-    t1 = time.perf_counter()
-    levin = levin_colorize(gray, raster[..., :3].astype(np.float32) / 255, marked)
-    t2 = time.perf_counter()
-    return {
-        "deepprop": {"delta_e": round(delta_e(result.output, truth), 3), "seconds": round(t1 - t0, 3)},
-        "levin2004": {"delta_e": round(delta_e(levin, truth), 3), "seconds": round(t2 - t1, 3)},
-        "gray_input": {"delta_e": round(delta_e(gray, truth), 3)},
-        "stroke_share": round(float(marked.mean()), 4),
-    }
+    outputs = {"deepprop": result.output}
+    row["deepprop"] = {"seconds": round(time.perf_counter() - start, 3)}
+    for name, space in (("levin2004", "yiq"), ("levin2004_lab", "lab")):
+        start = time.perf_counter()
+        outputs[name] = levin_colorize(gray, scribbles, marked, space)
+        row[name] = {"seconds": round(time.perf_counter() - start, 3)}
+    for name, output in outputs.items():
+        row[name] = {"delta_e": round(delta_e(output, truth), 3), **row[name]}
+    row["gray_input"] = {"delta_e": round(delta_e(gray, truth), 3)}
+    row["stroke_share"] = round(float(marked.mean()), 4)
+    return row
 
 
 def levin_example_strokes(gray_u8: np.ndarray, marked_u8: np.ndarray) -> np.ndarray:
@@ -408,20 +547,55 @@ def levin_example_strokes(gray_u8: np.ndarray, marked_u8: np.ndarray) -> np.ndar
     return raster
 
 
-def colorization(root: Path, count: int, split: str, options: PropagationOptions) -> dict:
-    """(1) Levin et al.'s own examples: their scribbles, ΔE to the colour original for DeepProp, our
-    Levin implementation and (example3) their published result. (2) BSDS500 val photos in gray with
-    user-like strokes (a spine through each of the largest human-segmented regions) coloured with the
-    original's median colour under each stroke."""
+def summary(values: list[float], rng: np.random.Generator) -> dict:
+    """Mean, median and the 95 % percentile-bootstrap interval of the mean (resampling photos)."""
+    v = np.asarray(values, np.float64)
+    boot = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(1)
+    return {
+        "mean": round(float(v.mean()), 3),
+        "median": round(float(np.median(v)), 3),
+        "ci95": [round(float(np.quantile(boot, 0.025)), 3), round(float(np.quantile(boot, 0.975)), 3)],
+        "n": len(v),
+    }
+
+
+def photo_statistics(photos: list[dict]) -> dict:
+    """Per method the summary of ΔE over the photos; the paired DeepProp − Levin differences (negative:
+    DeepProp closer to the original) with how many photos DeepProp wins; per source the means; times."""
+    rng = np.random.default_rng(0)
+    stats: dict = {m: summary([r[m]["delta_e"] for r in photos], rng) for m in COLOR_METHODS}
+    for other in ("levin2004", "levin2004_lab"):
+        differences = [r["deepprop"]["delta_e"] - r[other]["delta_e"] for r in photos]
+        stats[f"deepprop_minus_{other}"] = {
+            **summary(differences, rng),
+            "deepprop_lower": int(sum(d < 0 for d in differences)),
+        }
+    by_source: dict[str, list[dict]] = {}
+    for row in photos:
+        by_source.setdefault(row["image"].rsplit("/", 1)[0], []).append(row)
+    stats["by_source_mean"] = {
+        source: {m: round(float(np.mean([r[m]["delta_e"] for r in rows])), 3) for m in COLOR_METHODS}
+        for source, rows in sorted(by_source.items())
+    }
+    stats["seconds"] = {
+        m: summary([r[m]["seconds"] for r in photos], rng) for m in ("deepprop", "levin2004", "levin2004_lab")
+    }
+    return stats
+
+
+def colorization(root: Path, per_source: int, split: str, options: PropagationOptions, gray: str) -> dict:
+    """(1) Levin et al.'s own examples: their gray, their scribbles, ΔE to the colour original for
+    DeepProp, our Levin implementation and (example3) their published result. (2) ``per_source`` photos
+    of ``split`` from each of COLOR_SOURCES (colour_photos), resized to 480 px at most, made gray
+    (``gray``: gray_of) and scribbled by colour_strokes; per photo and summarized (photo_statistics)."""
     folder = root / "propagation/levin-examples"
     examples = {}
     for name in ("example2", "example3"):
         gray_u8 = cv2.imread(str(folder / f"{name}.png"))[..., ::-1]
         marked_u8 = cv2.imread(str(folder / f"{name}_marked.png"))[..., ::-1]
         truth = cv2.imread(str(folder / f"{name}_original.png"))[..., ::-1].astype(np.float32) / 255
-        gray = gray_u8.astype(np.float32) / 255
         raster = levin_example_strokes(gray_u8, marked_u8)
-        row = colorize_both(gray, raster, truth, options)
+        row = colorize_all(gray_u8.astype(np.float32) / 255, raster, truth, options)
         published = folder / f"{name}_colorized.png"
         if published.exists():
             theirs = cv2.imread(str(published))[..., ::-1].astype(np.float32) / 255
@@ -429,37 +603,30 @@ def colorization(root: Path, count: int, split: str, options: PropagationOptions
         examples[name] = row
         print(json.dumps({name: row}), flush=True)
     photos = []
-    images = [
-        p for p in sorted((root / "bsds500/val/images").glob("*.jpg")) if split_of(f"bsds/{p.stem}") == split
-    ]
-    for path in images[:count]:
-        truth = to_float(load_image(path))[..., :3]
-        segments = bsds_segments(root / "bsds500/val/segments" / (path.stem + ".png"))
-        brush = user_brush(segments.shape)
-        ids, areas = np.unique(segments, return_counts=True)
-        lines = []
-        for seg in ids[np.argsort(-areas)][:8]:
-            lines.extend(spine_strokes(segments == seg, brush, branches=0))
-        raster = np.zeros((*segments.shape, 4), np.uint8)
-        truth_u8 = (truth * 255).round().astype(np.uint8)
-        for line in lines:
-            layer = rasterize_paths(
-                [StrokePath("s", [line], [False], fallback_color=(1, 1, 1))], *segments.shape, brush
-            )
-            under = layer[..., 3] > 0
-            raster[under] = (*np.median(truth_u8[under], axis=0).astype(np.uint8), 255)
-        row = {"image": f"bsds500/val/{path.stem}", **colorize_both(gray_of(truth), raster, truth, options)}
+    for key, path in colour_photos(root, per_source, split):
+        truth_u8 = resize_to(np.ascontiguousarray(load_image(path)[..., :3]), 480)
+        truth = truth_u8.astype(np.float32) / 255
+        raster = colour_strokes(truth_u8)
+        row = {"image": key, "size": [truth.shape[1], truth.shape[0]]}
+        row.update(colorize_all(gray_of(truth, gray), raster, truth, options))
         photos.append(row)
         print(json.dumps(row), flush=True)
-    mean = (
-        {
-            m: round(float(np.mean([r[m]["delta_e"] for r in photos])), 3)
-            for m in ("deepprop", "levin2004", "gray_input")
-        }
-        if photos
-        else {}
-    )
-    return {"levin_examples": examples, "photos": photos, "photos_mean_delta_e": mean}
+    return {
+        "gray": gray,
+        "levin_examples": examples,
+        "photos": photos,
+        "photos_statistics": photo_statistics(photos) if photos else {},
+    }
+
+
+def merge_entry(path: Path, key: str, entry: dict) -> None:
+    """Write ``entry`` as ``key`` of the JSON object in ``path``, re-read just before writing so keys
+    another run wrote meanwhile survive; the file is replaced in one rename."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = entry
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
 
 
 def bsds_segments(path: Path) -> np.ndarray:
@@ -493,15 +660,23 @@ def grabcut(rgb: np.ndarray, labels: np.ndarray, iterations: int = 5) -> np.ndar
     return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.float32)
 
 
-def levin_colorize(gray: np.ndarray, scribbles: np.ndarray, marked: np.ndarray) -> np.ndarray:
+def levin_colorize(
+    gray: np.ndarray, scribbles: np.ndarray, marked: np.ndarray, space: str = "yiq"
+) -> np.ndarray:
     """Levin, Lischinski, Weiss 2004, *Colorization using Optimization*, written from the paper: in
     YIQ, each unmarked pixel's I and Q equal the weighted mean of its 3×3 neighbours', weights
     exp(−(Y_r − Y_s)² / 2σ_r²) with σ_r² the intensity variance in the window (floored so a flat
     window still averages); marked pixels keep the scribble's I, Q. gray: H×W×3 float RGB (equal
-    channels), scribbles: H×W×3 float RGB, marked: H×W bool → H×W×3 float RGB."""
+    channels), scribbles: H×W×3 float RGB, marked: H×W bool → H×W×3 float RGB.
+    ``space="lab"`` (not the paper's): the same weights and solve for CIELab a*, b* with the gray's L*
+    kept, the colour space DeepProp's default mixes in, so the bench can tell the propagation apart
+    from the colour space (YIQ keeps the luma Y', which on an L*-made gray shifts a colour's L*)."""
     to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     y = gray.astype(np.float64) @ to_yiq[0]
-    iq = scribbles.astype(np.float64) @ to_yiq[1:].T
+    if space == "lab":
+        iq = rgb_to_lab(scribbles.astype(np.float32))[..., 1:].astype(np.float64)
+    else:
+        iq = scribbles.astype(np.float64) @ to_yiq[1:].T
     h, w = y.shape
     index = np.arange(h * w).reshape(h, w)
     pad_y = np.pad(y, 1, mode="edge")
@@ -522,6 +697,10 @@ def levin_colorize(gray: np.ndarray, scribbles: np.ndarray, marked: np.ndarray) 
     matrix = sp.csr_matrix((vals, (rows, cols)), shape=(h * w, h * w)) + sp.eye(h * w, format="csr")
     rhs = np.where(marked.ravel()[:, None], iq.reshape(-1, 2), 0.0)
     solved = spla.spsolve(matrix.tocsc(), rhs)
+    if space == "lab":
+        lab = rgb_to_lab(gray.astype(np.float32))
+        lab[..., 1:] = solved.reshape(h, w, 2)
+        return lab_to_rgb_keep_lightness(lab).astype(np.float32)
     yiq = np.concatenate([y.reshape(-1, 1), solved], 1)
     return np.clip(yiq @ np.linalg.inv(to_yiq).T, 0, 1).reshape(h, w, 3).astype(np.float32)
 
@@ -689,7 +868,10 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/datasets")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--per-set", type=int, default=8, help="images per salient-object set")
-    parser.add_argument("--colorize", type=int, default=4, help="BSDS500 photos for the colorization part")
+    parser.add_argument(
+        "--colorize", type=int, default=8, help="colorization: photos from each source (COLOR_SOURCES)"
+    )
+    parser.add_argument("--gray", choices=GRAYS, default="gimp", help="colorization: how the gray is made")
     parser.add_argument(
         "--split",
         choices=("bench", "dev"),
@@ -703,6 +885,17 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-colorize", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=("speed", "quality", "colorization"),
+        help="run this part alone (otherwise colorization runs with quality unless skipped)",
+    )
+    parser.add_argument(
+        "--merge-into",
+        type=Path,
+        help="write the colorization result (with this run's command and machine) as the 'colorization' "
+        "entry (--gray luma: 'colorization_luma_gray') of this JSON file, keeping its other entries",
+    )
     parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG, help="DeepProp configuration")
     parser.add_argument(
         "--set",
@@ -731,21 +924,33 @@ def main() -> None:
             "cpu_steal_at_start": cpu_steal_fraction(),
         }
     }
-    if not args.skip_speed:
+    # Colorization runs with the quality part (--skip-quality skips both) unless run alone.
+    skipped = {"speed": args.skip_speed, "quality": args.skip_quality}
+    skipped["colorization"] = args.skip_quality or args.skip_colorize
+    parts = {args.only} if args.only else {part for part, skip in skipped.items() if not skip}
+    if "speed" in parts:
         report["speed"] = {"first_run": first_run_seconds(options)}
         report["speed"].update(speed(root, options, set(filter(None, args.sizes.split(","))), args.repeat))
-    if not args.skip_quality:
+    if "quality" in parts:
         if not (root / "davis").exists():
             report["quality"] = {"skipped": f"no datasets under {root}"}
         else:
             out_dir = Path(args.out)
             out_dir.mkdir(parents=True, exist_ok=True)
             report["quality"] = quality(root, args.per_set, args.max_side, args.split, out_dir, options, methods)
-            if not args.skip_colorize:
-                report["colorization"] = colorization(root, args.colorize, args.split, options)
+    if "colorization" in parts:
+        if not (root / "propagation/levin-examples").exists():
+            report["colorization"] = {"skipped": f"no datasets under {root}"}
+        else:
+            report["colorization"] = colorization(root, args.colorize, args.split, options, args.gray)
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["machine"]["cpu_steal_at_end"] = cpu_steal_fraction()
     print(json.dumps(report, indent=1))
+    if args.merge_into and "colorization" in report:
+        key = "colorization" if args.gray == "gimp" else f"colorization_{args.gray}_gray"
+        run = {"command": "python -m bench.propagation " + " ".join(sys.argv[1:]), "config": args.config}
+        run.update(overrides=args.set, machine=report["machine"])
+        merge_entry(args.merge_into, key, {**run, **report["colorization"]})
 
 
 if __name__ == "__main__":
