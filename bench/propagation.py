@@ -583,6 +583,23 @@ def photo_statistics(photos: list[dict]) -> dict:
     return stats
 
 
+COLORIZATION_NOTE = (
+    "photos: per source the first of the bench split in sha1('colorization/<id>') order (never the dev "
+    "quarter; DAVIS one frame per sequence), at most 480 px; strokes: brush 2 % of the short side along "
+    "the spine of each colour region of the original (k-means of its Lab colours; first the largest part "
+    "of each colour, then the largest others, 12 at most), each painted with the original's median "
+    "colour under it, the same strokes for every method; levin2004 = Levin, Lischinski, Weiss 2004 as "
+    "published (YIQ: the gray's luma kept), levin2004_lab = the same solve for a*, b* with L* kept "
+    "(DeepProp's colour space), to tell the propagation from the colour space; ΔE = mean CIE76 to the "
+    "original; ci95 = 95 % bootstrap interval of the mean over photos (10 000 resamples, seed 0); "
+    "deepprop_minus_*: paired per-photo differences (negative = DeepProp closer), deepprop_lower = photos "
+    "where DeepProp is closer. Levin's examples use their own gray, which is luma (Y'): Levin's YIQ keeps "
+    "it exactly, DeepProp's default keeps L*, so on example2's saturated colours it gives the wrong "
+    "lightness (a loss from the colour space, as levin2004_lab shows; color_space=auto reads the gray's "
+    "kind from the strokes)."
+)
+
+
 def colorization(root: Path, per_source: int, split: str, options: PropagationOptions, gray: str) -> dict:
     """(1) Levin et al.'s own examples: their gray, their scribbles, ΔE to the colour original for
     DeepProp, our Levin implementation and (example3) their published result. (2) ``per_source`` photos
@@ -613,6 +630,7 @@ def colorization(root: Path, per_source: int, split: str, options: PropagationOp
         print(json.dumps(row), flush=True)
     return {
         "gray": gray,
+        "note": COLORIZATION_NOTE,
         "levin_examples": examples,
         "photos": photos,
         "photos_statistics": photo_statistics(photos) if photos else {},
@@ -656,6 +674,9 @@ def grabcut(rgb: np.ndarray, labels: np.ndarray, iterations: int = 5) -> np.ndar
     mask[labels == 1] = cv2.GC_BGD
     bgr = np.ascontiguousarray((rgb[..., ::-1] * 255).round().astype(np.uint8))
     models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
+    # Its k-means++ start draws from OpenCV's per-thread random state: seeded, the baseline does not
+    # depend on what ran before it (unseeded, ccp's corrected mean moved 0.948 -> 0.951 between runs).
+    cv2.setRNGSeed(0)
     cv2.grabCut(bgr, mask, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
     return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.float32)
 
@@ -893,9 +914,10 @@ def main() -> None:
     parser.add_argument(
         "--merge-into",
         type=Path,
-        help="write the colorization result (with this run's command and machine) as the 'colorization' "
-        "entry (--gray luma: 'colorization_luma_gray') of this JSON file, keeping its other entries",
+        help="write the colorization result (with this run's command and machine) as the --merge-key "
+        "entry of this JSON file, keeping its other entries",
     )
+    parser.add_argument("--merge-key", help="default: 'colorization' ('colorization_luma_gray' with --gray luma)")
     parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG, help="DeepProp configuration")
     parser.add_argument(
         "--set",
@@ -947,7 +969,7 @@ def main() -> None:
     report["machine"]["cpu_steal_at_end"] = cpu_steal_fraction()
     print(json.dumps(report, indent=1))
     if args.merge_into and "colorization" in report:
-        key = "colorization" if args.gray == "gimp" else f"colorization_{args.gray}_gray"
+        key = args.merge_key or ("colorization" if args.gray == "gimp" else f"colorization_{args.gray}_gray")
         run = {"command": "python -m bench.propagation " + " ".join(sys.argv[1:]), "config": args.config}
         run.update(overrides=args.set, machine=report["machine"])
         merge_entry(args.merge_into, key, {**run, **report["colorization"]})
