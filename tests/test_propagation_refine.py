@@ -184,6 +184,12 @@ def test_a_corrections_flip_must_be_supported_by_its_stroke():
     assert (out[40:75, 30:50] == 0.2).all()  # the grass the stroke marks leaves the selection
     np.testing.assert_array_equal(out[40:75, 20:30], previous[40:75, 20:30])  # the dog-coloured leg stays
     assert ((out > 0.5) == dog).all()
+    # A dog-coloured speck in the grass, smaller than a brush's footprint (reach²), goes with the grass.
+    lab = lab.copy()
+    lab[60:63, 33:36] = lab[60, 25]
+    out = local_change(previous, current, stroke, reach=4, support=StrokeSupport(lab, none, stroke))
+    assert (out[40:75, 30:50] == 0.2).all()
+    np.testing.assert_array_equal(out[40:75, 20:30], previous[40:75, 20:30])
 
 
 def test_a_supported_flip_is_connected_to_the_stroke():

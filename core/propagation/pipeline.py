@@ -118,15 +118,19 @@ class PropagationOptions:
 # dev 0.860 / 0.876 → 0.860 / 0.878, corrections that lowered F1 6 → 2 of 30. The simulated correction
 # stroke now marks missed or extra pixels, never both (simulate.correction_stroke).
 # Pass four: the 2 dev corrections that still lowered F1 flipped more than their stroke marked, in one
-# connected part: a background stroke in the grass between a dog's legs took the legs (0.896 → 0.768),
+# connected part: a background stroke in the grass between a dog's legs took the legs (0.896 → 0.769),
 # one over a blurred street crowd took the people (0.458 → 0.313). Kept: a flip must be supported by
 # its stroke (snap.supported_flips: closer in CIELab to 5 k-means centres of the new stroke's colours
 # than to 5 of the other side's unflipped pixels around it, and connected to the stroke through such
-# pixels): dev 0.859 / 0.877 → 0.859 / 0.886, no correction lowers F1 (2 of 30 before; photos-with-masks
-# 0.929 → 0.952, coco128-seg 0.786 → 0.800). 3 centres: 0.886, one lowered. A GrabCut of the touched
-# flips (both sides' strokes and unflipped pixels as hard constraints): 0.878, both still lowered.
-# GrabCut's k-means start now has a fixed seed: OpenCV's random state left by earlier calls had moved
-# one dev photo's first round by 0.017 (numbers in this pass are with the seed).
+# pixels; doubts smaller than a brush's footprint count as supported): dev 0.859 / 0.877 → 0.859 / 0.887,
+# no correction lowers F1 (2 of 30 before; photos-with-masks 0.929 → 0.952, coco128-seg 0.786 → 0.806).
+# Measured, not kept: without the speck rule 0.886 (good corrections trimmed: a small person 0.553 →
+# 0.514); without it also 3 centres 0.886 (one lowered), a flip supported when its distance to the stroke's side is
+# within 2× / 4× that to the other's 0.886 / 0.884, a GrabCut of the touched flips (strokes and
+# unflipped pixels as hard constraints) 0.878, both still lowered; the snap's graph cut re-deciding
+# everything within 15 / 30 px of the new stroke 0.885 / 0.885. GrabCut's k-means start now has a fixed
+# seed: OpenCV's random state left by earlier calls had moved one dev photo's first round by 0.017
+# (this pass's numbers are with the seed).
 CONFIGS: dict[str, dict] = {
     "paper": {"model": DeepPropConfig(), "smoothing": SmoothingConfig(), "color_space": "lab"},
     "semantic": {
