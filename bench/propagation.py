@@ -863,23 +863,26 @@ def with_overrides(options: PropagationOptions, overrides: list[str]) -> Propaga
         name, _, value = item.partition("=")
         part, _, field_name = name.partition(".")
         if not field_name:  # a field of the options themselves, e.g. color_space=luma
-            options = replace(options, **{part: type(getattr(options, part))(value)})
+            options = replace(options, **{part: _parse_like(getattr(options, part), value)})
             continue
         target = getattr(options, part)
         current = {f.name: getattr(target, f.name) for f in fields(target)}
         if field_name not in current:
             raise SystemExit(f"--set {item}: {part} has no field '{field_name}'")
-        old = current[field_name]
-        if isinstance(old, bool):
-            parsed = value.lower() in ("1", "true", "yes")
-        elif isinstance(old, tuple):
-            parsed = tuple(value.split("+"))
-        elif old is None:
-            parsed = float(value) if value not in ("", "none", "None") else None
-        else:
-            parsed = type(old)(value)
+        parsed = _parse_like(current[field_name], value)
         options = replace(options, **{part: replace(target, **{field_name: parsed})})
     return options
+
+
+def _parse_like(old: object, value: str) -> object:
+    """``value`` as the type of ``old`` (bool("false") would be True, so booleans are read by word)."""
+    if isinstance(old, bool):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(old, tuple):
+        return tuple(value.split("+"))
+    if old is None:
+        return float(value) if value not in ("", "none", "None") else None
+    return type(old)(value)
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ from bench.propagation import (
     merge_entry,
     split_of,
     summary,
+    with_overrides,
 )
 from core.imaging.color import rgb_to_lab
+from core.propagation.pipeline import configured
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 RED, GREEN, BLUE = (200, 40, 30), (40, 160, 60), (50, 70, 190)
@@ -93,3 +95,11 @@ def test_merge_entry_keeps_the_other_entries(tmp_path):
     assert json.loads(path.read_text()) == {"quality": {"f1": 0.9}, "colorization": {"photos": []}}
     merge_entry(tmp_path / "new.json", "colorization", {"photos": []})
     assert json.loads((tmp_path / "new.json").read_text()) == {"colorization": {"photos": []}}
+
+
+def test_set_overrides_read_false_as_false_at_both_levels():
+    options = configured("select", "semantic")
+    assert options.local_corrections and options.smoothing.snap_band > 0
+    changed = with_overrides(options, ["local_corrections=false", "smoothing.snap_band=0", "color_space=luma"])
+    assert changed.local_corrections is False and changed.smoothing.snap_band == 0
+    assert changed.color_space == "luma" and with_overrides(changed, ["local_corrections=yes"]).local_corrections
