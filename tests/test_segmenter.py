@@ -365,3 +365,56 @@ def test_tuned_late_blocks_start_as_the_frozen_model_train_alone_and_ship_in_the
     assert segmenter.model.config.tuned_after == "stride8"
     with torch.no_grad():
         assert torch.allclose(segmenter.model(gray), tuned(gray), atol=1e-4)
+
+
+def test_a_lite2_segmenter_caches_and_reads_its_wider_taps_in_its_own_cache(tmp_path):
+    _dataset(tmp_path / "data")
+    photos = list_photos(tmp_path / "data", "train")
+    torch.manual_seed(0)
+    lite2 = PretrainedSegmenter(replace(TINY, backbone="lite2")).eval()
+    cache = training.cache_split(lite2, photos, tmp_path / "cache", "train", PERSON, 64, 32, True,
+                                 log=lambda text: None)
+    views = len(cache)
+    assert views == 4  # the scene and its mirror image, one view of each people photo
+    assert {tap: tuple(f.shape) for tap, f in cache.features.items()} == {
+        "stride8": (views, 48, 8, 8), "stride16": (views, 120, 4, 4), "stride32": (views, 352, 2, 2)}
+    rgb, labels = photo_labels(photos[0], PERSON)
+    first_view = square_views(rgb, labels, 64, 32, both=True)[0][0]
+    with torch.no_grad():
+        assert _predict_shape(lite2.decoder, cache) == (views, len(CLASSES), 32, 32)
+        # the cached taps (fp16) are what the segmenter computes from that view's gray at inference
+        computed = lite2.features(training.gray_input(np.array(first_view[None])))
+    assert all(torch.allclose(cache.features[tap][0].float(), computed[tap][0], rtol=1e-2, atol=1e-2)
+               for tap in computed)
+    tuned = PretrainedSegmenter(replace(TINY, backbone="lite2", tuned_after="stride8")).eval()
+    assert len(tuned.decoder.late) == 14  # Lite2's 21 blocks, 7 of them up to the stride-8 tap
+    with torch.no_grad():
+        assert _predict_shape(tuned.decoder, cache) == (views, len(CLASSES), 32, 32)
+    # a Lite0 run pointed at Lite2's cache is told so instead of failing on a shape deep in training
+    with pytest.raises(SystemExit, match="another backbone"):
+        training.cache_split(PretrainedSegmenter(TINY), photos, tmp_path / "cache", "train", PERSON, 64, 32,
+                             True, log=lambda text: None)
+
+
+def _predict_shape(decoder, cache) -> tuple[int, ...]:
+    return tuple(training.predict(decoder, cache, slice(0, len(cache)), 32).shape)
+
+
+def test_backbone_option_finds_a_converted_file_by_folder_or_path(tmp_path):
+    from core.models.efficientnet_lite import EfficientNetLite
+
+    directory = tmp_path / "lite2"
+    directory.mkdir()
+    path = directory / "efficientnet-lite2-imagenet.safetensors"
+    torch.manual_seed(0)
+    save_tensors(path, {k: v for k, v in EfficientNetLite("lite2").state_dict().items()
+                        if not k.endswith("num_batches_tracked")})
+    register_weights(path, "efficientnet-lite2-imagenet", "efficientnet_lite2", {"stages": "lite2"},
+                     directory=directory)
+    for spec in (str(directory), str(path)):
+        manifest, weight_id = training.backbone_weights(spec)
+        assert weight_id == "efficientnet-lite2-imagenet" and manifest.directory == directory
+        assert load_pretrained(manifest, weight_id=weight_id).tap_widths(("stride8",)) == {"stride8": 48}
+    assert training.backbone_weights("lite0")[1] == BACKBONE_ID
+    with pytest.raises(SystemExit, match="--variant lite2"):
+        training.backbone_weights(str(tmp_path / "nothing-here"))

@@ -27,7 +27,7 @@ from core.colorization.palette import class_colors
 from core.imaging.color import lab_to_rgb, linear_to_lightness_torch, srgb_to_linear_torch
 from core.imaging.io import from_float, split_alpha, to_float
 from core.models.colorization_unet import AB_SCALE, L_SCALE, ColorizationUNet, ColorizerConfig
-from core.models.efficientnet_lite import load_pretrained
+from core.models.efficientnet_lite import load_pretrained, weight_id_of
 from core.models.gridnet import GridNet, GridNetConfig
 from core.models.segmenter import PretrainedSegmenter, SegmenterConfig
 from core.protocol import ErrorCode, SemanticError, bad_input
@@ -71,7 +71,7 @@ def load_segmenter(device: torch.device, weight_id: str = PRETRAINED_SEGMENTER_W
     if entry.model == "segmenter":
         model = PretrainedSegmenter(SegmenterConfig.from_dict(config))
         # the frozen backbone ships once (its own verified file); this weight file holds the decoder
-        model.backbone = load_pretrained(manifest)
+        model.backbone = load_pretrained(manifest, weight_id=weight_id_of(model.config.backbone))
         load_verified_state(model.decoder, manifest, weight_id, "the segmenter's decoder")
     else:
         model = GridNet(GridNetConfig.from_dict(config))

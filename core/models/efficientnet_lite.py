@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 (Tan & Le, ICML 2019; the "Lite" variant for mobile/CPU): the shared pretrained backbone.
+"""EfficientNet-Lite0 (Tan & Le, ICML 2019; the "Lite" variant for mobile/CPU): the shared pretrained backbone,
+and its larger Lite2 (same module, scaled by the compound multipliers below).
 
 Lite differs from EfficientNet-B0 in what makes it cheap and quantization friendly: no squeeze-and-
 excitation, ReLU6 instead of swish, and a stem (32) and head (1280) that do not scale. The structure:
@@ -23,6 +24,13 @@ RGB in [0, 1], normalized as (x − 0.5) / 0.5 inside ``forward``.
 Parameter names follow the published state dict (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv``,
 ``_depthwise_conv``, ``_project_conv``, ``_bn0/1/2``, ``_conv_head``, ``_bn1``, ``_fc``), so the
 converted file loads without renaming. Weights: ``weights/efficientnet-lite0-imagenet.md``.
+
+Larger variants scale Lite0 as EfficientNet's compound scaling does, except that Lite keeps the stem, the
+head and the repeats of the first and last stages fixed: every stage width × ``width`` rounded to a
+multiple of 8 (never more than 10 % below), every other stage's repeats × ``depth`` rounded up. Lite2
+(width 1.1, depth 1.2, trained at 260²) has stage widths 16, 24, 48, 88, 120, 208, 352 and 1, 3, 3, 4, 4,
+5, 1 blocks (21). Only Lite0 ships; Lite2 is a training-time option (``core/training/efficientnet_lite.py
+--variant lite2`` writes it outside ``weights/``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from core.protocol import ErrorCode, SemanticError
 
 BN_EPS = 1e-3  # TensorFlow's default, which the ImageNet statistics were computed with
 WEIGHT_ID = "efficientnet-lite0-imagenet"
@@ -58,8 +68,60 @@ LITE0_STAGES: tuple[StageSpec, ...] = (
     StageSpec(6, 3, 1, 1, 320),
 )
 STEM_WIDTH, HEAD_WIDTH, IMAGENET_CLASSES = 32, 1280, 1000
+WIDTH_DIVISOR = 8  # TensorFlow's depth_divisor: scaled widths are multiples of it
 # Feature taps by output stride, named by where they are taken (the last block of a stage).
 FEATURE_STRIDES = {"stride2": 0, "stride4": 1, "stride8": 2, "stride16": 4, "stride32": 6}
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One member of the EfficientNet-Lite family: its compound multipliers and its ImageNet resolution."""
+
+    name: str
+    width: float
+    depth: float
+    resolution: int  # the ImageNet training (and check) crop side
+
+    def stages(self) -> tuple[StageSpec, ...]:
+        return scaled_stages(LITE0_STAGES, self.width, self.depth)
+
+
+LITE_VARIANTS = {v.name: v for v in (LiteVariant("lite0", 1.0, 1.0, 224), LiteVariant("lite2", 1.1, 1.2, 260))}
+
+
+def scaled_width(width: int, multiplier: float) -> int:
+    """A stage width × ``multiplier`` rounded to the nearest multiple of 8, never more than 10 % below."""
+    if multiplier == 1.0:
+        return width
+    target = width * multiplier
+    rounded = max(WIDTH_DIVISOR, int(target + WIDTH_DIVISOR / 2) // WIDTH_DIVISOR * WIDTH_DIVISOR)
+    return rounded + WIDTH_DIVISOR if rounded < 0.9 * target else rounded
+
+
+def scaled_stages(base: tuple[StageSpec, ...], width: float, depth: float) -> tuple[StageSpec, ...]:
+    """``base`` scaled as EfficientNet-Lite does: widths by ``width``; repeats by ``depth`` (rounded up)
+    except in the first and the last stage, which Lite keeps (with the stem and head) for mobile cost."""
+    last = len(base) - 1
+    return tuple(StageSpec(s.expand, s.kernel, s.stride,
+                           s.repeats if i in (0, last) else math.ceil(s.repeats * depth),
+                           scaled_width(s.width, width)) for i, s in enumerate(base))
+
+
+def weight_id_of(variant: str) -> str:
+    """The weight id of a variant's converted ImageNet file (Lite0's is the shipped ``WEIGHT_ID``)."""
+    return WEIGHT_ID if variant == "lite0" else f"efficientnet-{variant}-imagenet"
+
+
+def tap_widths(variant: str, taps: tuple[str, ...]) -> dict[str, int]:
+    """Channels of each feature tap (Lite0: stride8 40, stride16 112, stride32 320; Lite2: 48, 120, 352)."""
+    widths = [stage.width for stage in lite_variant(variant).stages()]
+    return {tap: widths[FEATURE_STRIDES[tap]] for tap in taps}
+
+
+def lite_variant(name: str) -> LiteVariant:
+    if name not in LITE_VARIANTS:
+        raise ValueError(f"Unknown EfficientNet-Lite variant '{name}': use one of {', '.join(LITE_VARIANTS)}.")
+    return LITE_VARIANTS[name]
 
 
 class SameConv2d(nn.Conv2d):
@@ -96,9 +158,13 @@ class MBConv(nn.Module):
         return x + h if self.residual else h
 
 
-class EfficientNetLite0(nn.Module):
-    def __init__(self, stages: tuple[StageSpec, ...] = LITE0_STAGES, classes: int = IMAGENET_CLASSES):
+class EfficientNetLite(nn.Module):
+    """Any EfficientNet-Lite variant (``LITE_VARIANTS``); the taps are at the same stages in all of them."""
+
+    def __init__(self, variant: str = "lite0", classes: int = IMAGENET_CLASSES):
         super().__init__()
+        self.variant = lite_variant(variant)
+        stages = self.variant.stages()
         self._conv_stem = SameConv2d(3, STEM_WIDTH, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(STEM_WIDTH, eps=BN_EPS)
         blocks, self.stage_ends, cin = [], [], STEM_WIDTH
@@ -112,6 +178,9 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(HEAD_WIDTH, eps=BN_EPS)
         self._fc = nn.Linear(HEAD_WIDTH, classes)
         self.stage_widths = [spec.width for spec in stages]
+
+    def tap_widths(self, taps: tuple[str, ...]) -> dict[str, int]:
+        return tap_widths(self.variant.name, taps)
 
     @staticmethod
     def normalize(rgb: torch.Tensor) -> torch.Tensor:
@@ -151,6 +220,13 @@ class EfficientNetLite0(nn.Module):
         return self._fc(x.mean(dim=(2, 3)))
 
 
+class EfficientNetLite0(EfficientNetLite):
+    """The shared backbone's structure (what every shipped model loads ``efficientnet-lite0-imagenet`` into)."""
+
+    def __init__(self, classes: int = IMAGENET_CLASSES):
+        super().__init__("lite0", classes)
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, taps_at: dict[int, str]) -> dict[str, torch.Tensor]:
     """Run ``blocks`` in order from ``x``, keeping the outputs at the positions ``taps_at`` names (running from
     a cached earlier tap is what lets training fine-tune only the late blocks)."""
@@ -164,12 +240,20 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, taps_at: dict[int, str]) 
     return out
 
 
-def load_pretrained(manifest=None, device: torch.device | str = "cpu") -> EfficientNetLite0:
-    """The ImageNet backbone from the project's verified weight file, frozen, in eval mode."""
+def load_pretrained(manifest=None, device: torch.device | str = "cpu",
+                    weight_id: str = WEIGHT_ID) -> EfficientNetLite:
+    """The ImageNet backbone from the project's verified weight file, frozen, in eval mode. ``weight_id`` and
+    ``manifest`` can name another variant's converted file (its manifest entry's config names the variant)."""
     from core.weights import Manifest, load_verified_state
 
     manifest = manifest or Manifest.load()
-    model = EfficientNetLite0()
-    load_verified_state(model, manifest, WEIGHT_ID, "the EfficientNet-Lite0 backbone")
+    variant = str(manifest.entry(weight_id).config.get("stages", "lite0"))
+    if variant not in LITE_VARIANTS:
+        raise SemanticError(ErrorCode.weights_corrupt,
+                            f"The manifest entry '{weight_id}' in {manifest.directory} names the backbone "
+                            f"variant '{variant}', which this version does not know ({', '.join(LITE_VARIANTS)}). "
+                            "Convert the weights again with core.training.efficientnet_lite.")
+    model = EfficientNetLite(variant)
+    load_verified_state(model, manifest, weight_id, f"the EfficientNet-{variant.capitalize()} backbone")
     model.requires_grad_(False)
     return model.to(device).eval()

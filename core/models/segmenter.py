@@ -20,6 +20,10 @@ backbone blocks after the stride-8 tap (stages 4–7): the shared backbone then 
 colorizer and other models keep its frozen late blocks), the decoder computes strides 16 and 32 itself.
 ImageNet features of a *gray* photo are not what SIFT Flow's classes need at the late stages, which a
 frozen backbone cannot change; the early stages (edges, textures) transfer as they are.
+
+``SegmenterConfig.backbone`` can name a larger EfficientNet-Lite (``"lite2"``: same taps, 48/120/352
+channels instead of 40/112/320); the decoder's projections take that variant's widths. Lite0 is the only
+one shipped; Lite2 is a training-time option for now (``core/training/segmenter.py --backbone lite2``).
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.imaging.color import lab_to_rgb_torch
-from core.models.efficientnet_lite import EfficientNetLite0, run_blocks
+from core.models.efficientnet_lite import EfficientNetLite, run_blocks, tap_widths
 
-TAP_WIDTHS = {"stride8": 40, "stride16": 112, "stride32": 320}
 TAPS = ("stride8", "stride16", "stride32")
+TAP_WIDTHS = tap_widths("lite0", TAPS)  # the shipped backbone's; a config's ``backbone`` sets its own
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class SegmenterConfig:
     test_scales: tuple[float, ...] = (1.0,)
     # "" = frozen backbone; a tap name = the blocks after it are the decoder's own (fine-tuned) copy
     tuned_after: str = ""
+    # the EfficientNet-Lite variant whose taps the decoder reads ("lite0": the shipped, shared backbone)
+    backbone: str = "lite0"
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -73,12 +79,12 @@ class FPNDecoder(nn.Module):
         super().__init__()
         self.tuned_after = config.tuned_after
         if config.tuned_after:
-            structure = EfficientNetLite0()  # its blocks are replaced by trained ones at load
+            structure = EfficientNetLite(config.backbone)  # its blocks are replaced by trained ones at load
             self.late = structure.blocks_after(config.tuned_after)
             self.late_taps = structure.taps_after(config.tuned_after, TAPS[TAPS.index(config.tuned_after) + 1:])
-        w = config.width
-        self.lateral = nn.ModuleDict({tap: _conv_bn_relu(TAP_WIDTHS[tap], w, 1) for tap in TAPS})
-        self.context = nn.Sequential(nn.Linear(TAP_WIDTHS["stride32"], w), nn.ReLU(inplace=True))
+        w, widths = config.width, tap_widths(config.backbone, TAPS)
+        self.lateral = nn.ModuleDict({tap: _conv_bn_relu(widths[tap], w, 1) for tap in TAPS})
+        self.context = nn.Sequential(nn.Linear(widths["stride32"], w), nn.ReLU(inplace=True))
         self.refine16 = _conv_bn_relu(w, w, 3)
         self.refine8 = _conv_bn_relu(w, w, 3)
         self.dropout = nn.Dropout2d(config.dropout)
@@ -118,7 +124,7 @@ class PretrainedSegmenter(nn.Module):
     def __init__(self, config: SegmenterConfig = SegmenterConfig()):
         super().__init__()
         self.config = config
-        self.backbone = EfficientNetLite0()
+        self.backbone = EfficientNetLite(config.backbone)
         self.backbone.requires_grad_(False)
         self.decoder = FPNDecoder(config)
 

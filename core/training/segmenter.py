@@ -10,9 +10,12 @@ people photos; ``core/data/segmentation.py``) are computed once, on the *gray* p
 that cache. The loss is class-balanced cross-entropy over the 33 labelled classes (unlabeled pixels
 carry none) plus, on the pixels of Clothing Co-Parsing photos outside the person, −log(1 − p(person)).
 Every ``--eval-every`` steps the 'select' split is scored (SIFT Flow mIoU, person IoU on people photos);
-``best.pt`` keeps the best, ``last.pt`` the latest. ``--export`` writes the best decoder as fp16 weights,
-registers it, scores it and GridNet (the from-scratch segmenter) on the 'heldout' split through the
-full-resolution pipeline, and writes the model card with those numbers.
+``best.pt`` keeps the best, ``last.pt`` the latest. ``--backbone lite2`` reads the larger EfficientNet-Lite2
+(converted into runs/lite2 by ``core.training.efficientnet_lite --variant lite2``) instead of the shipped
+Lite0; its taps are wider, so it needs its own cache folder; ``--cache-only`` builds a cache and stops.
+``--export`` writes the best decoder as fp16 weights, registers it, scores it and GridNet (the from-scratch
+segmenter) on the 'heldout' split through the full-resolution pipeline, and writes the model card with those
+numbers (a Lite0 segmenter only, until a larger backbone ships in weights/).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 
 from core.data import segmentation
 from core.data.siftflow import read_classes
-from core.models.efficientnet_lite import load_pretrained
+from core.models.efficientnet_lite import LITE_VARIANTS, load_pretrained, weight_id_of
 from core.models.segmenter import TAPS, PretrainedSegmenter, SegmenterConfig, gray_to_rgb
 from core.training.gridnet import class_weights, confusion, gray_input
 from core.weights import Manifest, bundled_weights_dir, register_weights, save_tensors
@@ -62,6 +65,7 @@ def cache_split(model: PretrainedSegmenter, photos: list[segmentation.LabelledPh
         chunks.append(path)
         if path.exists():
             continue
+        chunk_started = time.perf_counter()
         views, people = [], []
         for photo in photos[start:start + PHOTOS_PER_CHUNK]:
             rgb, labels = segmentation.photo_labels(photo, person_id)
@@ -81,11 +85,40 @@ def cache_split(model: PretrainedSegmenter, photos: list[segmentation.LabelledPh
                  **{tap: np.concatenate(v) for tap, v in out.items()})
         tmp.replace(path)
         done = min(len(photos), start + PHOTOS_PER_CHUNK)
-        log(json.dumps({"cached": name, "photos": done, "of": len(photos)}))
+        log(json.dumps({"cached": name, "photos": done, "of": len(photos), "views": len(views),
+                        "seconds": round(time.perf_counter() - chunk_started, 1)}))
     loaded = [np.load(p) for p in chunks]
-    return FeatureCache({tap: torch.from_numpy(np.concatenate([c[tap] for c in loaded])) for tap in TAPS},
-                        torch.from_numpy(np.concatenate([c["labels"] for c in loaded])),
+    expected = model.backbone.tap_widths(TAPS)
+    wrong_cache = SystemExit(f"The feature cache {directory} does not hold {model.config.backbone}'s taps "
+                             f"({expected} channels): it was made with another backbone. Give each backbone its "
+                             "own --cache folder.")
+    try:
+        features = {tap: torch.from_numpy(np.concatenate([c[tap] for c in loaded])) for tap in TAPS}
+    except ValueError:  # chunks of two backbones: their channel counts differ
+        raise wrong_cache from None
+    if {tap: f.shape[1] for tap, f in features.items()} != expected:
+        raise wrong_cache
+    return FeatureCache(features, torch.from_numpy(np.concatenate([c["labels"] for c in loaded])),
                         torch.from_numpy(np.concatenate([c["people"] for c in loaded])))
+
+
+def backbone_weights(spec: str) -> tuple[Manifest, str]:
+    """``--backbone`` → (manifest, weight id) of a converted ImageNet EfficientNet-Lite file, loaded with its
+    sha256 checked. "lite0": the shipped one in weights/; "lite2" (any variant name): the converter's default
+    folder runs/<variant>; otherwise a folder holding a manifest.json, or a .safetensors file in one."""
+    if spec == "lite0":
+        return Manifest.load(), weight_id_of("lite0")
+    path = Path("runs") / spec if spec in LITE_VARIANTS else Path(spec)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    manifest = Manifest.load(folder)
+    found = [e.id for e in manifest.entries.values() if e.model.startswith("efficientnet_")
+             and (path.suffix != ".safetensors" or e.file == path.name)]
+    if len(found) != 1:
+        raise SystemExit(f"--backbone {spec}: {folder / 'manifest.json'} should register exactly one converted "
+                         f"EfficientNet-Lite file{' named ' + path.name if path.suffix else ''}, found {found}. "
+                         "Convert it with: python -m core.training.efficientnet_lite --variant lite2 --out "
+                         f"{folder}")
+    return manifest, found[0]
 
 
 def batch_features(cache: FeatureCache, idx, taps: tuple[str, ...] = TAPS) -> dict[str, torch.Tensor]:
@@ -187,10 +220,12 @@ def train(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     classes = read_classes(args.data / "siftflow" / "classes.txt")
     person_id = classes.names.index("person")
+    manifest, backbone_id = backbone_weights(args.backbone)
+    backbone = load_pretrained(manifest, weight_id=backbone_id)
     config = SegmenterConfig(num_classes=classes.count, width=args.width, dropout=args.dropout,
-                             tuned_after=args.tune_after)
+                             tuned_after=args.tune_after, backbone=backbone.variant.name)
     model = PretrainedSegmenter(config)
-    model.backbone.load_state_dict(load_pretrained(Manifest.load()).state_dict())
+    model.backbone.load_state_dict(backbone.state_dict())
     if args.tune_after:
         model.start_tuning_from_backbone()
     model.train()
@@ -213,6 +248,8 @@ def train(args: argparse.Namespace) -> None:
                                person_id, args.side, args.label_side, False, note)
     note(json.dumps({"train_views": len(train_cache), "select_views": len(select_cache),
                      "cache_seconds": round(time.perf_counter() - started)}))
+    if args.cache_only:
+        return
     labelled = train_cache.labels[train_cache.labels != segmentation.NOT_PERSON].numpy()
     weights = class_weights(labelled, classes.count, args.class_balance)
     decoder = model.decoder
@@ -323,6 +360,10 @@ def _plain(values: dict) -> dict:
 def export(args: argparse.Namespace) -> Path:
     """best.pt's decoder → fp16 weights + manifest entry; held-out report; model card."""
     state = torch.load(args.out / "best.pt", map_location="cpu", weights_only=False)
+    backbone = SegmenterConfig.from_dict(state["config"]).backbone
+    if backbone != "lite0":
+        raise SystemExit(f"{args.out / 'best.pt'} reads the {backbone} backbone, which weights/ does not ship: "
+                         "register that backbone (and its card) in weights/ before exporting a segmenter on it.")
     directory = bundled_weights_dir()
     meta = {"step": str(state["step"]), "select_metrics": json.dumps(state["metrics"])}
     # inference options, picked on the select split through the full pipeline (the card gives the numbers)
@@ -538,7 +579,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder holding siftflow/, people/ccp and people/coco128-seg")
     p.add_argument("--out", type=Path, default=Path("runs/segmenter"))
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--cache", type=Path, help="feature cache folder (default: --out/cache); runs share one")
+    p.add_argument("--cache-only", action="store_true",
+                   help="build (or complete) the feature cache of the train and select splits, then stop")
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: --out/cache); runs of one "
+                                              "backbone share one")
+    p.add_argument("--backbone", default="lite0",
+                   help="ImageNet EfficientNet-Lite to read: lite0 (the shipped one), lite2 (converted into "
+                        "runs/lite2 by core.training.efficientnet_lite --variant lite2), or a folder / "
+                        ".safetensors file with its manifest.json")
     p.add_argument("--side", type=int, default=256, help="views are side² (the model's input size)")
     p.add_argument("--label-side", type=int, default=128, help="the loss is computed at this size")
     p.add_argument("--width", type=int, default=96, help="decoder channels")
