@@ -38,11 +38,11 @@ from torch import nn
 
 from core.colorization.palette import class_colors
 from core.imaging.color import lab_to_rgb_torch
-from core.models.efficientnet_lite import EfficientNetLite0
+from core.models.efficientnet_lite import EfficientNetLite0, tap_widths
 
 L_SCALE, AB_SCALE = 50.0, 110.0  # L/50 - 1 and ab/110 map CIELab into [-1, 1]
 LITE_TAPS = ("stride4", "stride8", "stride16", "stride32")
-LITE_WIDTHS = {"stride4": 24, "stride8": 40, "stride16": 112, "stride32": 320}
+LITE_WIDTHS = tap_widths("lite0", LITE_TAPS)
 BIN_STEP = 10.0  # ab units between bin centres (Zhang et al. 2016)
 CHROMA_SCALES = torch.linspace(0, 1.6, 17)  # candidate s of the chroma_bonus decoding (0 = gray)
 

@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.imaging.color import rgb_to_lab_torch
-from core.models.efficientnet_lite import EfficientNetLite0
+from core.models.efficientnet_lite import EfficientNetLite0, tap_widths
 
 REGIONS = ("foreground", "background", "ring")
 LUMINANCE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 STATISTICS_PER_REGION = 6 + len(LUMINANCE_QUANTILES)  # Lab mean, Lab deviation, L quantiles
 STATISTICS_SIDE = 128
-TAP_WIDTHS = {"stride8": 40, "stride16": 112, "stride32": 320}
+TAP_WIDTHS = tap_widths("lite0", ("stride8", "stride16", "stride32"))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from core.imaging.color import lab_to_rgb_torch
 from core.models.efficientnet_lite import EfficientNetLite, run_blocks, tap_widths
 
 TAPS = ("stride8", "stride16", "stride32")
-TAP_WIDTHS = tap_widths("lite0", TAPS)  # the shipped backbone's; a config's ``backbone`` sets its own
 
 
 @dataclass(frozen=True)

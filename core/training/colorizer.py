@@ -471,47 +471,8 @@ def train_pretrained(args: argparse.Namespace) -> None:
                 break
 
 
-def tune_temperature(args: argparse.Namespace) -> None:
-    """Pick the annealed mean's temperature and prior correction on ``select`` (never the reported split):
-    the lowest mean ΔE
-    with the predicted map among the temperatures that keep the people photos' colourfulness at least
-    ``--min-colorfulness`` of the originals'; written into best.pt's config."""
-    out = Path(args.out)
-    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-    config = ColorizerConfig.from_dict(best["config"])
-    cache = build_cache(args.data, "select", best["args"]["side"], Path(best["args"]["cache"]), None, None, 0)
-    people = np.flatnonzero(np.isin(np.asarray(cache.source), [list(photos.SOURCES).index(s)
-                                                               for s in photos.PEOPLE]))
-    people_cache = ViewCache(cache.rgb[people], cache.predicted[people], cache.truth[people],
-                             {tap: f[people] for tap, f in cache.features.items()}, cache.source[people])
-    if "ab_log_weights" not in best["model"]:  # checkpoints from before the buffer existed
-        train_cache = build_cache(args.data, "train", best["args"]["side"], Path(best["args"]["cache"]), None,
-                                  None, 0)
-        best["model"]["ab_log_weights"] = bin_coding(train_cache, best["args"]["rebalance"]).weights.log()
-    rows = []
-    for temperature, correction in ((t, c) for c in args.prior_corrections for t in args.temperatures):
-        model = ColorizationUNet(ColorizerConfig.from_dict(dict(best["config"], temperature=temperature,
-                                                                prior_correction=correction)))
-        model.load_state_dict(best["model"])
-        everyone = evaluate_views(model, cache, config.map_classes)
-        portraits = evaluate_views(model, people_cache, config.map_classes)
-        row = {"temperature": temperature, "prior_correction": correction,
-               "delta_e": round(everyone["delta_e_predicted"], 3),
-               "colorfulness_ratio": round(everyone["colorfulness_ratio_predicted"], 3),
-               "people_delta_e": round(portraits["delta_e_predicted"], 3),
-               "people_colorfulness_ratio": round(portraits["colorfulness_ratio_predicted"], 3)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    chosen = closest_colourful_enough(rows, "delta_e", args.min_colorfulness)
-    best["config"] = dict(best["config"], temperature=chosen["temperature"],
-                          prior_correction=chosen["prior_correction"])
-    best["temperature_sweep"] = {"rows": rows, "chosen": chosen, "min_colorfulness": args.min_colorfulness}
-    save_checkpoint(out / "best.pt", **best)
-    print(f"temperature {chosen['temperature']}: {chosen}")
-
-
 def closest_colourful_enough(rows: list[dict], delta_e_key: str, min_colorfulness: float) -> dict:
-    """The decoding rule of both sweeps: the lowest ``delta_e_key`` among the rows whose people photos keep
+    """The decoding sweep's rule: the lowest ``delta_e_key`` among the rows whose people photos keep
     ``min_colorfulness`` of the originals' colourfulness; when none does, the most colourful row."""
     enough = [row for row in rows if row["people_colorfulness_ratio"] >= min_colorfulness]
     if enough:
@@ -675,12 +636,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-percent", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tune-temperature", action="store_true",
-                   help="pretrained bins head: pick the annealed-mean temperature of best.pt on select")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.2, 0.3, 0.38, 0.5, 0.65, 0.8, 1.0])
     p.add_argument("--prior-corrections", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--min-colorfulness", type=float, default=0.7,
-                   help="temperature choice: people photos' colourfulness ratio to keep on select")
+                   help="decoding sweep: people photos' colourfulness ratio to keep on select")
     p.add_argument("--tune-decoding", action="store_true",
                    help="pretrained bins head: pick T, prior correction and chroma bonus of best.pt on select's "
                         "full photos through the pipeline")
@@ -697,9 +656,6 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.export:
         export(Path(args.out), args.export)
-        return
-    if args.tune_temperature:
-        tune_temperature(args)
         return
     if args.tune_decoding:
         tune_decoding(args)
