@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from core.imaging.color import _KAPPA, _WHITE_D65, _XYZ_TO_SRGB, lab_to_rgb, rgb_to_lab
+from core.imaging.color import _KAPPA, _WHITE_D65, _XYZ_TO_SRGB, lab_to_rgb, rgb_to_lab, rgb_to_lightness
 from core.protocol import bad_input
 
 Smooth = Callable[[np.ndarray], np.ndarray]  # H×W×C → H×W×C (Eq. 15 with the run's data weights)
@@ -124,16 +124,16 @@ def matching_color_space(gray: np.ndarray, labels: np.ndarray, colors: np.ndarra
     marked = labels >= 0
     if not marked.any():
         return "lab"
-    under = gray[..., 0][marked].astype(np.float32)
-    painted = colors[labels[marked]].astype(np.float32) / 255.0
-    luma = painted @ _RGB_TO_YIQ[0]
 
     def lightness(values: np.ndarray) -> np.ndarray:  # L* of gray RGB with these values
-        return rgb_to_lab(np.repeat(values.reshape(1, -1, 1), 3, axis=2))[0, :, 0]
+        return rgb_to_lightness(np.repeat(values.reshape(1, -1, 1), 3, axis=2))[0]
 
-    target = lightness(under)
-    lab_error = np.abs(rgb_to_lab(painted.reshape(1, -1, 3))[0, :, 0] - target).mean()
-    luma_error = np.abs(lightness(luma) - target).mean()
+    target = lightness(gray[..., 0][marked].astype(np.float32))
+    # each stroke colour's L* and the L* of a gray at its luma, once per colour, then per marked pixel
+    painted = labels[marked]
+    lab_error = np.abs(stroke_lab(colors)[:, 0][painted] - target).mean()
+    luma = (colors.astype(np.float32) / 255.0) @ _RGB_TO_YIQ[0]
+    luma_error = np.abs(lightness(luma)[painted] - target).mean()
     return "luma" if luma_error < lab_error else "lab"
 
 

@@ -349,9 +349,8 @@ def propagate(
         probs = probs * prior
         probs /= np.maximum(probs.sum(2, keepdims=True), 1e-12)
     if options.smoothing.guide_radius > 0:
-        guide = rgb[..., :3] if rgb.shape[2] >= 3 else np.repeat(rgb[..., :1], 3, axis=2)
         probs = guided_filter(
-            guide, probs, options.smoothing.guide_radius, options.smoothing.guide_eps, options.smoothing.guide_subsample
+            rgb, probs, options.smoothing.guide_radius, options.smoothing.guide_eps, options.smoothing.guide_subsample
         )
         probs = np.clip(probs, 1e-6, None)
         probs /= probs.sum(2, keepdims=True)

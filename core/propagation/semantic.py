@@ -87,16 +87,13 @@ def semantic_features(rgb: np.ndarray, backbone: EfficientNetLite0, cfg: Semanti
     if cfg.guide_radius <= 0:
         full = F.interpolate(lowres, size=(h, w), mode="bilinear", align_corners=False)[0]
         return full.permute(1, 2, 0).contiguous().numpy()
-    guide = np.ascontiguousarray(rgb[..., :3], dtype=np.float32)
-    if guide.shape[2] == 1:
-        guide = np.repeat(guide, 3, axis=2)
     # The features go straight from their stride-8 grid to the filter's coefficient grid: resampling
     # them to full size first, only for the filter to shrink them again, was most of its cost.
     small_size = _small_size(h, w, cfg.guide_subsample)
     small_src = F.interpolate(lowres, size=small_size, mode="bilinear", align_corners=False)[0]
-    return guided_filter(
-        guide, small_src.permute(1, 2, 0).contiguous().numpy(), cfg.guide_radius, cfg.guide_eps, cfg.guide_subsample
-    )
+    features = small_src.permute(1, 2, 0).contiguous().numpy()
+    guide = rgb.astype(np.float32, copy=False)
+    return guided_filter(guide, features, cfg.guide_radius, cfg.guide_eps, cfg.guide_subsample)
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
@@ -105,7 +102,11 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     guide has an edge the output follows it; where it is flat the output is ``src`` box-smoothed.
     ``subsample`` > 1 is He & Sun's fast variant: the coefficients are computed on both images
     shrunk by that factor (radius too) and upsampled, only the final a·I + b runs at full size.
-    ``src`` may already be at the shrunk size (what semantic_features passes)."""
+    ``src`` may already be at the shrunk size (what semantic_features passes). A guide with fewer than
+    three channels (a gray image) guides with its first channel as all three; one with more (alpha) with
+    its first three."""
+    guide = guide[..., :3] if guide.shape[2] >= 3 else np.repeat(guide[..., :1], 3, axis=2)
+    guide = np.ascontiguousarray(guide)
     h, w = guide.shape[:2]
     full_guide = guide
     if subsample > 1:
