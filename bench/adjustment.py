@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stats import summary  # noqa: E402
 from core.actions.adjust import load_model  # noqa: E402
 from core.data import adjustment_styles as styles  # noqa: E402
 from core.imaging.color import lab_to_rgb_torch, rgb_to_lab_torch  # noqa: E402
@@ -46,14 +47,6 @@ METHODS = ("input", "global_baseline", "sa_adjustnet_eq2", "sa_adjustnet_map")
 
 def lab_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm(dim=-1).mean())
-
-
-def summary(values: list[float], seed: int = 0) -> dict:
-    v = np.asarray(values, np.float64)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), (2000, len(v)))].mean(1)
-    return {"mean": round(float(v.mean()), 3), "median": round(float(np.median(v)), 3),
-            "ci95": [round(float(np.quantile(means, 0.025)), 3), round(float(np.quantile(means, 0.975)), 3)]}
 
 
 def time_512(model, repeats: int = 3) -> float:
@@ -114,7 +107,7 @@ def bench_style(style: str, data: str, limit: int, max_side: int, sheet_dir: Pat
         save_image(sheet_dir / f"contact-{style}.png", np.concatenate(sheet, 0))
     result = {"images": len(samples), "presets": presets}
     for method in METHODS:
-        result[method] = summary(errors[method])
+        result[method] = summary(errors[method], np.random.default_rng(0), count=False)
     base = np.asarray(errors["input"])
     for method in METHODS[1:]:
         result[method]["ratio_to_input"] = round(float(np.mean(errors[method]) / base.mean()), 3)

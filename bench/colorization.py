@@ -38,6 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stats import summary  # noqa: E402
 from core.colorization import pipeline  # noqa: E402
 from core.colorization.palette import render  # noqa: E402
 from core.data import colorization as photos  # noqa: E402
@@ -74,16 +75,6 @@ def gray_rgb(lightness: np.ndarray) -> np.ndarray:
     lab = np.zeros(lightness.shape + (3,), np.float32)
     lab[..., 0] = lightness
     return pipeline.lab_to_image(lab, np.dtype(np.uint8), None)
-
-
-def summary(values: list[float], rng: np.random.Generator) -> dict:
-    v = np.asarray(values, np.float64)
-    if not len(v):
-        return {"n": 0}
-    boot = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(1)
-    return {"mean": round(float(v.mean()), 3), "median": round(float(np.median(v)), 3),
-            "ci95": [round(float(np.quantile(boot, 0.025)), 3), round(float(np.quantile(boot, 0.975)), 3)],
-            "n": len(v)}
 
 
 def ratio_summary(out: list[float], ref: list[float], rng: np.random.Generator) -> dict:
@@ -242,19 +233,21 @@ def main(argv=None) -> None:
                 if metric.endswith("_hue_deg"):
                     entry[metric] = circular_summary(v)
                 elif metric == "colorfulness" and condition != "original":
-                    entry[metric] = summary(v, rng)
+                    entry[metric] = summary(v, rng, BOOTSTRAP)
                     # images without a ground-truth map are left out of that condition: compare like with like
                     ref = reference_cf if len(v) == len(reference_cf) else [
                         c for c, p in zip(reference_cf, listed) if p.label is not None]
                     entry["colorfulness_ratio_to_original"] = ratio_summary(v, ref, rng)
                 else:
-                    entry[metric] = summary(v, rng)
+                    entry[metric] = summary(v, rng, BOOTSTRAP)
             report["conditions"][condition] = entry
         c = report["conditions"]
         gray_de = np.asarray(values["gray_input"]["delta_e"])
-        report["delta_e_gain_vs_gray"] = summary(list(gray_de - np.asarray(values["predicted_map"]["delta_e"])), rng)
+        report["delta_e_gain_vs_gray"] = summary(list(gray_de - np.asarray(values["predicted_map"]["delta_e"])), rng,
+                                                   BOOTSTRAP)
         report["delta_e_drop_predicted_vs_no_map"] = summary(
-            list(np.asarray(values["no_map"]["delta_e"]) - np.asarray(values["predicted_map"]["delta_e"])), rng)
+            list(np.asarray(values["no_map"]["delta_e"]) - np.asarray(values["predicted_map"]["delta_e"])), rng,
+            BOOTSTRAP)
         report["summary"] = {
             "delta_e": {k: c[k]["delta_e"]["mean"] for k in c if "delta_e" in c[k]},
             "colorfulness_ratio": {k: c[k]["colorfulness_ratio_to_original"]["ratio_of_means"]

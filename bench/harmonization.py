@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from bench.stats import summary
 from core.actions.harmonize import DEFAULT_METHOD
 from core.data.harmonization import load_cache, validation_half
 from core.harmonization.deep import harmonize_deep, load_model
@@ -85,16 +86,6 @@ def metrics(result: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[st
             "fmse": float(err[fg].mean()) if fg.any() else 0.0}
 
 
-def summary(values: list[float], seed: int = 0, resamples: int = 2000) -> dict[str, float]:
-    """Mean, median and a bootstrap 95 % interval of the mean."""
-    array = np.asarray(values, np.float64)
-    rng = np.random.default_rng(seed)
-    means = array[rng.integers(0, len(array), (resamples, len(array)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": round(float(array.mean()), 2), "median": round(float(np.median(array)), 2),
-            "ci95": [round(float(low), 2), round(float(high), 2)]}
-
-
 def score(samples, methods: dict[str, Method]) -> tuple[dict, list[dict]]:
     per_image = []
     for name, composite, target, mask in samples:
@@ -102,7 +93,8 @@ def score(samples, methods: dict[str, Method]) -> tuple[dict, list[dict]]:
         for method_name, method in methods.items():
             row[method_name] = {k: round(v, 2) for k, v in metrics(method(composite, mask), target, mask).items()}
         per_image.append(row)
-    table = {m: {k: summary([row[m][k] for row in per_image]) for k in ("fmse", "mse", "psnr")} for m in methods}
+    table = {m: {k: summary([row[m][k] for row in per_image], np.random.default_rng(0), digits=2, count=False)
+             for k in ("fmse", "mse", "psnr")} for m in methods}
     return table, per_image
 
 

@@ -68,6 +68,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from bench.stats import summary
 from core.imaging.color import rgb_to_lab, srgb_to_linear_torch
 from core.imaging.io import load_image, load_mask, to_float
 from core.models.efficientnet_lite import load_pretrained
@@ -547,27 +548,15 @@ def levin_example_strokes(gray_u8: np.ndarray, marked_u8: np.ndarray) -> np.ndar
     return raster
 
 
-def summary(values: list[float], rng: np.random.Generator) -> dict:
-    """Mean, median and the 95 % percentile-bootstrap interval of the mean (resampling photos)."""
-    v = np.asarray(values, np.float64)
-    boot = v[rng.integers(0, len(v), (BOOTSTRAP, len(v)))].mean(1)
-    return {
-        "mean": round(float(v.mean()), 3),
-        "median": round(float(np.median(v)), 3),
-        "ci95": [round(float(np.quantile(boot, 0.025)), 3), round(float(np.quantile(boot, 0.975)), 3)],
-        "n": len(v),
-    }
-
-
 def photo_statistics(photos: list[dict]) -> dict:
     """Per method the summary of ΔE over the photos; the paired DeepProp − Levin differences (negative:
     DeepProp closer to the original) with how many photos DeepProp wins; per source the means; times."""
     rng = np.random.default_rng(0)
-    stats: dict = {m: summary([r[m]["delta_e"] for r in photos], rng) for m in COLOR_METHODS}
+    stats: dict = {m: summary([r[m]["delta_e"] for r in photos], rng, BOOTSTRAP) for m in COLOR_METHODS}
     for other in ("levin2004", "levin2004_lab"):
         differences = [r["deepprop"]["delta_e"] - r[other]["delta_e"] for r in photos]
         stats[f"deepprop_minus_{other}"] = {
-            **summary(differences, rng),
+            **summary(differences, rng, BOOTSTRAP),
             "deepprop_lower": int(sum(d < 0 for d in differences)),
         }
     by_source: dict[str, list[dict]] = {}
@@ -578,7 +567,8 @@ def photo_statistics(photos: list[dict]) -> dict:
         for source, rows in sorted(by_source.items())
     }
     stats["seconds"] = {
-        m: summary([r[m]["seconds"] for r in photos], rng) for m in ("deepprop", "levin2004", "levin2004_lab")
+        m: summary([r[m]["seconds"] for r in photos], rng, BOOTSTRAP)
+        for m in ("deepprop", "levin2004", "levin2004_lab")
     }
     return stats
 

@@ -17,7 +17,6 @@ from bench.propagation import (
     levin_colorize,
     merge_entry,
     split_of,
-    summary,
     with_overrides,
 )
 from core.imaging.color import rgb_to_lab
@@ -78,14 +77,6 @@ def test_levin_fills_each_region_with_its_strokes_colour(space):
     assert delta_e(result, truth) < 0.25 * delta_e(gray, truth)
     if space == "lab":  # L* kept from the gray
         assert np.abs(rgb_to_lab(result)[..., 0] - rgb_to_lab(gray)[..., 0]).max() < 0.5
-
-
-def test_summary_interval_brackets_the_mean():
-    rng = np.random.default_rng(0)
-    stats = summary([1.0, 2.0, 3.0, 4.0, 10.0], rng)
-    assert stats["mean"] == 4.0 and stats["median"] == 3.0 and stats["n"] == 5
-    assert stats["ci95"][0] < 4.0 < stats["ci95"][1]
-    assert summary([2.5] * 4, rng)["ci95"] == [2.5, 2.5]
 
 
 def test_merge_entry_keeps_the_other_entries(tmp_path):
