@@ -70,6 +70,7 @@ import torch
 
 from bench.stats import summary
 from core.imaging.color import rgb_to_lab, srgb_to_linear_torch
+from core.imaging.grabcut import seeded_grabcut
 from core.imaging.io import load_image, load_mask, to_float
 from core.models.efficientnet_lite import load_pretrained
 from core.propagation.apps import lab_to_rgb_keep_lightness
@@ -663,11 +664,7 @@ def grabcut(rgb: np.ndarray, labels: np.ndarray, iterations: int = 5) -> np.ndar
     mask[labels == 0] = cv2.GC_FGD
     mask[labels == 1] = cv2.GC_BGD
     bgr = np.ascontiguousarray((rgb[..., ::-1] * 255).round().astype(np.uint8))
-    models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
-    # Its k-means++ start draws from OpenCV's per-thread random state: seeded, the baseline does not
-    # depend on what ran before it (unseeded, ccp's corrected mean moved 0.948 -> 0.951 between runs).
-    cv2.setRNGSeed(0)
-    cv2.grabCut(bgr, mask, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
+    seeded_grabcut(bgr, mask, iterations)  # its k-means++ start seeded: runs do not depend on order
     return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.float32)
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from core.imaging.grabcut import seeded_grabcut
+
 
 def snap_selection(
     rgb: np.ndarray,
@@ -51,12 +53,7 @@ def snap_selection(
     ).any():
         return foreground.astype(np.float32)
     bgr = np.ascontiguousarray((np.clip(rgb[..., 2::-1], 0, 1) * 255).round().astype(np.uint8))
-    models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
-    # GrabCut seeds its colour models by k-means++ from OpenCV's per-thread random generator: unseeded,
-    # the same strokes gave a different selection depending on what had run before (one dev photo
-    # F1 0.944 or 0.961).
-    cv2.setRNGSeed(0)
-    cv2.grabCut(bgr, mask, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
+    seeded_grabcut(bgr, mask, iterations)
     cut = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     # Keep the estimate's confidence, on the cut's side of 0.5.
     p = foreground.astype(np.float32)
