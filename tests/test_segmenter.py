@@ -18,7 +18,8 @@ from core.data.siftflow import is_validation
 from core.imaging.color import rgb_to_lab_torch
 from core.models.efficientnet_lite import WEIGHT_ID as BACKBONE_ID
 from core.models.efficientnet_lite import EfficientNetLite0, load_pretrained
-from core.models.segmenter import FPNDecoder, PretrainedSegmenter, SegmenterConfig, gray_to_rgb
+from core.models.gridnet import GridNet, GridNetConfig
+from core.models.segmenter import FPNDecoder, PretrainedSegmenter, SegmenterConfig, SegmenterEnsemble, gray_to_rgb
 from core.protocol import ErrorCode, SemanticError
 from core.training import segmenter as training
 from core.weights import Manifest, register_weights, save_tensors
@@ -418,3 +419,97 @@ def test_backbone_option_finds_a_converted_file_by_folder_or_path(tmp_path):
     assert training.backbone_weights("lite0")[1] == BACKBONE_ID
     with pytest.raises(SystemExit, match="--variant lite2"):
         training.backbone_weights(str(tmp_path / "nothing-here"))
+
+
+def _run_state(folder, config: SegmenterConfig, side: int, seed: int, **args) -> PretrainedSegmenter:
+    """A training run's best.pt (tiny decoder, fp16-exact values) in ``folder``; returns its model."""
+    torch.manual_seed(seed)
+    model = PretrainedSegmenter(config)
+    with torch.no_grad():
+        for value in model.decoder.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())
+    folder.mkdir(parents=True)
+    recorded = {**vars(training.parse_args([])), "out": str(folder), "side": side, **args}
+    torch.save({"decoder": model.decoder.state_dict(), "config": config.to_dict(), "classes": CLASSES,
+                "args": training._plain(recorded),
+                "step": 7, "elapsed_s": 60.0, "metrics": {"mean_iou": 0.25, "people_person_iou": 0.5},
+                "train_views": 3, "select_views": 1}, folder / "best.pt")
+    return model.eval()
+
+
+def test_an_exported_ensemble_averages_its_members_probabilities_through_the_pipeline(tmp_path, monkeypatch):
+    directory = tmp_path / "weights"
+    directory.mkdir()
+    register_backbone(directory)
+    gridnet = GridNetConfig(num_classes=len(CLASSES), width=0.125)
+    save_tensors(directory / "gridnet-siftflow.safetensors", GridNet(gridnet).state_dict())
+    register_weights(directory / "gridnet-siftflow.safetensors", pipeline.GRIDNET_WEIGHTS, "gridnet",
+                     dict(gridnet.to_dict(), classes=CLASSES, input_size=32), directory=directory)
+    monkeypatch.setenv("SEMANTIC_WEIGHTS_DIR", str(directory))
+    _dataset(tmp_path / "data")
+    # a fine-tuned decoder on 64² views and a frozen-backbone one on 96² views, started from the first
+    tuned = _run_state(tmp_path / "tuned", replace(TINY, tuned_after="stride8"), 64, 0, tune_after="stride8")
+    frozen = _run_state(tmp_path / "frozen", TINY, 96, 1, init=str(tmp_path / "tuned" / "best.pt"))
+    training.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "tuned"), "--export",
+                   pipeline.PRETRAINED_SEGMENTER_WEIGHTS, "--test-scales", "1.0", "1.5",
+                   "--ensemble-with", f"{tmp_path / 'frozen'}:1.0"])
+    manifest = Manifest.load(directory)
+    entry = manifest.entry(pipeline.PRETRAINED_SEGMENTER_WEIGHTS)
+    assert entry.model == "segmenter-ensemble" and entry.config["input_size"] == 64
+    # each member's scales are relative to the ensemble's input: the 96² decoder sees 1.5 × 64²
+    assert [m["test_scales"] for m in entry.config["members"]] == [[1.0, 1.5], [1.5]]
+    segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=manifest)
+    backbone = load_pretrained(manifest)
+    tuned.backbone = frozen.backbone = backbone
+    tuned.config = replace(tuned.config, test_scales=(1.0, 1.5))
+    frozen.config = replace(frozen.config, test_scales=(1.5,))
+    gray = torch.rand(1, 1, 64, 96) * 2 - 1
+    with torch.no_grad():
+        expected = (tuned(gray).softmax(1) + frozen(gray).softmax(1)) / 2
+        assert torch.allclose(segmenter.model(gray).exp(), expected, atol=1e-5)
+    ids, _ = pipeline.segment((50 + 30 * np.random.default_rng(0).random((70, 90))).astype(np.float32),
+                              segmenter)
+    assert ids.shape == (70, 90) and 1 <= ids.min() and ids.max() < len(CLASSES)
+    card = (directory / f"{pipeline.PRETRAINED_SEGMENTER_WEIGHTS}.md").read_text()
+    assert "segmenter-ensemble" in card and "Member 2" in card and "select split" in card
+    # the recipe: the tuned run (the frozen one's --init) is listed before the frozen run and the export
+    recipe = card[card.index("## Recipe"):]
+    assert recipe.index("--tune-after stride8") < recipe.index("--side 96") < recipe.index("--ensemble-with")
+    assert recipe.count("--tune-after stride8") == 1
+
+
+def test_an_ensemble_file_that_does_not_fit_is_named(tmp_path):
+    directory = tmp_path / "weights"
+    directory.mkdir()
+    register_backbone(directory)
+    weight_id = pipeline.PRETRAINED_SEGMENTER_WEIGHTS
+    narrow = PretrainedSegmenter(TINY).decoder.state_dict()
+    training.save_ensemble([narrow, narrow], [TINY, replace(TINY, width=16)], CLASSES, 64, weight_id, directory)
+    with pytest.raises(SemanticError) as error:
+        pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
+    assert error.value.code == ErrorCode.weights_corrupt
+    assert str(directory / f"{weight_id}.safetensors") in error.value.message
+
+
+def test_ensemble_members_must_share_one_backbone():
+    with pytest.raises(ValueError):
+        SegmenterEnsemble([TINY, replace(TINY, backbone="lite2")])
+
+
+@pytest.mark.parametrize("backbones", [["lite9"], ["lite0", "lite2"]])
+def test_a_manifest_naming_an_unknown_or_mixed_backbone_is_a_clear_error(tmp_path, backbones):
+    directory = tmp_path / "weights"
+    directory.mkdir()
+    register_backbone(directory)
+    configs = [replace(TINY, backbone=name) for name in backbones]
+    states = [PretrainedSegmenter(TINY).decoder.state_dict()] * len(configs)
+    weight_id = pipeline.PRETRAINED_SEGMENTER_WEIGHTS
+    if len(configs) == 1:
+        training.save_decoder(states[0], configs[0], CLASSES, 64, weight_id, directory)
+    else:
+        training.save_ensemble(states, configs, CLASSES, 64, weight_id, directory)
+    with pytest.raises(SemanticError) as error:
+        pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
+    assert error.value.code == ErrorCode.weights_corrupt
+    assert all(name in error.value.message for name in backbones)

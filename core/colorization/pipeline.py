@@ -9,7 +9,8 @@ them) and joined with that L, computed in float CIELab (core.imaging.color) and 
 
 Two segmenters predict the map, both from the gray photo, both giving SIFT Flow's class ids: the default
 decodes the frozen ImageNet backbone's features (``core/models/segmenter.py``, weights
-``segmenter-siftflow``); GridNet trained from scratch (``gridnet-siftflow``) is selectable by name.
+``segmenter-siftflow``: one decoder, or an ensemble of decoders on the one backbone); GridNet trained from
+scratch (``gridnet-siftflow``) is selectable by name.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from core.colorization.palette import class_colors
 from core.imaging.color import lab_to_rgb, linear_to_lightness_torch, srgb_to_linear_torch
 from core.imaging.io import from_float, split_alpha, to_float
 from core.models.colorization_unet import AB_SCALE, L_SCALE, ColorizationUNet, ColorizerConfig
-from core.models.efficientnet_lite import load_pretrained, weight_id_of
+from core.models.efficientnet_lite import LITE_VARIANTS, load_pretrained, weight_id_of
 from core.models.gridnet import GridNet, GridNetConfig
-from core.models.segmenter import PretrainedSegmenter, SegmenterConfig
+from core.models.segmenter import PretrainedSegmenter, SegmenterConfig, SegmenterEnsemble
 from core.protocol import ErrorCode, SemanticError, bad_input
 from core.weights import Manifest, load_verified_state
 
@@ -47,7 +48,7 @@ GUIDED = GuidedUpsampling()
 
 @dataclass
 class Segmenter:
-    model: GridNet | PretrainedSegmenter  # both: N×1×H×W L/50 − 1 → N×K×H×W class logits
+    model: GridNet | PretrainedSegmenter | SegmenterEnsemble  # all: N×1×H×W L/50 − 1 → N×K×H×W class logits
     classes: tuple[str, ...]
     input_size: int
     device: torch.device
@@ -63,16 +64,28 @@ class Colorizer:
 
 def load_segmenter(device: torch.device, weight_id: str = PRETRAINED_SEGMENTER_WEIGHTS,
                    manifest: Manifest | None = None) -> Segmenter:
-    """Either kind of segmenter, told apart by the manifest entry's model ("segmenter" or "gridnet")."""
+    """Any kind of segmenter, told apart by the manifest entry's model ("segmenter", "segmenter-ensemble"
+    or "gridnet")."""
     manifest = manifest or Manifest.load()
     entry = manifest.entry(weight_id)
     config = dict(entry.config)
     classes, size = tuple(config.pop("classes")), int(config.pop("input_size"))
+    if entry.model in ("segmenter", "segmenter-ensemble"):
+        variants = {m.get("backbone", "lite0") for m in config.get("members", [config])}
+        if not variants <= set(LITE_VARIANTS) or len(variants) != 1:
+            raise SemanticError(ErrorCode.weights_corrupt,
+                                f"The manifest entry of {manifest.path(weight_id)} names the backbone "
+                                f"{' and '.join(sorted(variants))}: one of {', '.join(LITE_VARIANTS)} was expected. "
+                                "Re-run the installer.")
     if entry.model == "segmenter":
         model = PretrainedSegmenter(SegmenterConfig.from_dict(config))
         # the frozen backbone ships once (its own verified file); this weight file holds the decoder
         model.backbone = load_pretrained(manifest, weight_id=weight_id_of(model.config.backbone))
         load_verified_state(model.decoder, manifest, weight_id, "the segmenter's decoder")
+    elif entry.model == "segmenter-ensemble":
+        model = SegmenterEnsemble([SegmenterConfig.from_dict(member) for member in config["members"]])
+        model.backbone = load_pretrained(manifest, weight_id=weight_id_of(model.configs[0].backbone))
+        load_verified_state(model.decoders, manifest, weight_id, "the segmenter's decoders")
     else:
         model = GridNet(GridNetConfig.from_dict(config))
         model.load_state_dict(manifest.load_state_dict(weight_id), strict=True)

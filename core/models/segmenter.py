@@ -139,11 +139,9 @@ class PretrainedSegmenter(nn.Module):
         for position, block in enumerate(self.decoder.late):
             block.load_state_dict(self.backbone._blocks[first + position].state_dict())
 
-    @torch.no_grad()
     def features(self, gray: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the decoder reads (and what training caches once, the backbone being frozen)."""
-        taps = TAPS[:TAPS.index(self.config.tuned_after) + 1] if self.config.tuned_after else TAPS
-        return self.backbone.features(gray_to_rgb(gray), taps)
+        return backbone_features(self.backbone, self.config, gray)
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         """gray: N×1×H×W in [-1, 1] (any size) → class logits N×K×H×W, like GridNet's.
@@ -151,18 +149,61 @@ class PretrainedSegmenter(nn.Module):
         With ``test_flip`` / ``test_scales`` the logits are the mean over the mirrored photo and the
         rescaled ones (the backbone's padding and strides are not mirror-symmetric, nor scale-free, so
         each view errs differently)."""
-        size = gray.shape[-2:]
-        total, count = None, 0
-        for scale in self.config.test_scales:
-            scaled = gray if scale == 1 else F.interpolate(gray, scale_factor=scale, mode="bilinear",
-                                                           align_corners=False)
-            for mirrored in ((False, True) if self.config.test_flip else (False,)):
-                view = scaled.flip(-1) if mirrored else scaled
-                logits = self.decoder(self.features(view))
-                logits = _upsample(logits.flip(-1) if mirrored else logits, size)
-                total = logits if total is None else total + logits
-                count += 1
-        return total / count
+        return multiview_logits(self.backbone, self.decoder, self.config, gray)
+
+    @staticmethod
+    def pad_multiple() -> int:
+        return 32  # the coarsest tap
+
+
+@torch.no_grad()
+def backbone_features(backbone: EfficientNetLite, config: SegmenterConfig,
+                      gray: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The frozen backbone's taps a decoder of ``config`` reads: up to ``tuned_after`` when it has its own
+    late blocks, all three otherwise."""
+    taps = TAPS[:TAPS.index(config.tuned_after) + 1] if config.tuned_after else TAPS
+    return backbone.features(gray_to_rgb(gray), taps)
+
+
+def multiview_logits(backbone: EfficientNetLite, decoder: FPNDecoder, config: SegmenterConfig,
+                     gray: torch.Tensor) -> torch.Tensor:
+    """One decoder's class logits at the input size, averaged over ``config``'s test views (scales, mirror)."""
+    size = gray.shape[-2:]
+    total, count = None, 0
+    for scale in config.test_scales:
+        scaled = gray if scale == 1 else F.interpolate(gray, scale_factor=scale, mode="bilinear",
+                                                       align_corners=False)
+        for mirrored in ((False, True) if config.test_flip else (False,)):
+            view = scaled.flip(-1) if mirrored else scaled
+            logits = decoder(backbone_features(backbone, config, view))
+            logits = _upsample(logits.flip(-1) if mirrored else logits, size)
+            total = logits if total is None else total + logits
+            count += 1
+    return total / count
+
+
+class SegmenterEnsemble(nn.Module):
+    """Several decoders on the one frozen backbone, their class probabilities averaged.
+
+    Decoders trained apart (another input size, another seed, fine-tuned late blocks or not) make
+    different mistakes on SIFT Flow's rare classes; the mean of their probabilities is right more often
+    than either (the card gives the select-split numbers). Each member's ``test_scales`` are relative to
+    the ensemble's input size, so a decoder trained on 384² views runs at 1.5 × a 256² input.
+    Returns log mean probabilities: class scores whose argmax is the ensemble's choice, like logits."""
+
+    def __init__(self, configs: tuple[SegmenterConfig, ...] | list[SegmenterConfig]):
+        super().__init__()
+        if not configs or len({c.backbone for c in configs}) != 1:
+            raise ValueError("an ensemble needs one or more decoders on one backbone variant")
+        self.configs = tuple(configs)
+        self.backbone = EfficientNetLite(self.configs[0].backbone)
+        self.backbone.requires_grad_(False)
+        self.decoders = nn.ModuleList(FPNDecoder(config) for config in self.configs)
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        probabilities = sum(multiview_logits(self.backbone, decoder, config, gray).softmax(1)
+                            for decoder, config in zip(self.decoders, self.configs))
+        return (probabilities / len(self.decoders)).clamp_min(1e-12).log()
 
     @staticmethod
     def pad_multiple() -> int:

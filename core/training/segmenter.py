@@ -41,6 +41,7 @@ from core.weights import Manifest, bundled_weights_dir, register_weights, save_t
 
 PHOTOS_PER_CHUNK = 100
 SELECT_PEOPLE_WEIGHT = 0.5  # checkpoint score: SIFT Flow mIoU + this × person IoU on people photos
+ALWAYS_LISTED = ("steps", "batch", "lr", "width", "class_balance", "threads")  # in a card's recipe line
 
 
 @dataclass
@@ -358,19 +359,27 @@ def _plain(values: dict) -> dict:
 
 
 def export(args: argparse.Namespace) -> Path:
-    """best.pt's decoder → fp16 weights + manifest entry; held-out report; model card."""
+    """best.pt's decoder (with ``--ensemble-with``: and other runs' best decoders) → fp16 weights + manifest
+    entry; held-out report; model card."""
     state = torch.load(args.out / "best.pt", map_location="cpu", weights_only=False)
-    backbone = SegmenterConfig.from_dict(state["config"]).backbone
-    if backbone != "lite0":
-        raise SystemExit(f"{args.out / 'best.pt'} reads the {backbone} backbone, which weights/ does not ship: "
-                         "register that backbone (and its card) in weights/ before exporting a segmenter on it.")
-    directory = bundled_weights_dir()
-    meta = {"step": str(state["step"]), "select_metrics": json.dumps(state["metrics"])}
+    side = state["args"]["side"]
     # inference options, picked on the select split through the full pipeline (the card gives the numbers)
     config = replace(SegmenterConfig.from_dict(state["config"]), test_flip=args.test_flip,
                      test_scales=tuple(args.test_scales))
-    path = save_decoder(state["decoder"], config, state["classes"], state["args"]["side"], args.export,
-                        directory, meta)
+    members = [EnsembleMember(args.out, state, config)] + [
+        ensemble_member(spec, side, state["classes"]) for spec in args.ensemble_with]
+    for member in members:
+        if member.config.backbone != "lite0":
+            raise SystemExit(f"{member.folder / 'best.pt'} reads the {member.config.backbone} backbone, which "
+                             "weights/ does not ship: register that backbone (and its card) in weights/ before "
+                             "exporting a segmenter on it.")
+    directory = bundled_weights_dir()
+    meta = {"step": str(state["step"]), "select_metrics": json.dumps(state["metrics"])}
+    if len(members) > 1:
+        path = save_ensemble([m.state["decoder"] for m in members], [m.config for m in members],
+                             state["classes"], side, args.export, directory, meta)
+    else:
+        path = save_decoder(state["decoder"], config, state["classes"], side, args.export, directory, meta)
     state["config"] = config.to_dict()
     print(json.dumps({"exported": str(path), "bytes": path.stat().st_size, "step": state["step"]}),
           flush=True)
@@ -378,14 +387,56 @@ def export(args: argparse.Namespace) -> Path:
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
+    exported = pipeline.load_segmenter(device, args.export)
+    select = heldout_report(args.data, {args.export: exported}, split="select") if len(members) > 1 else None
     report = heldout_report(args.data, {
-        args.export: pipeline.load_segmenter(device, args.export),
-        pipeline.GRIDNET_WEIGHTS: pipeline.load_segmenter(device, pipeline.GRIDNET_WEIGHTS)})
+        args.export: exported, pipeline.GRIDNET_WEIGHTS: pipeline.load_segmenter(device, pipeline.GRIDNET_WEIGHTS)})
     (args.out / "heldout.json").write_text(json.dumps(report, indent=2) + "\n")
     scales = " ".join(map(str, args.test_scales))
-    flags = ("--test-flip " if args.test_flip else "") + f"--test-scales {scales}"
-    (directory / f"{args.export}.md").write_text(model_card(args.export, state, path, report, flags))
+    flags = ("--test-flip " if args.test_flip else "") + f"--test-scales {scales}" + "".join(
+        f" --ensemble-with {spec}" for spec in args.ensemble_with)
+    (directory / f"{args.export}.md").write_text(model_card(args.export, state, path, report, flags,
+                                                            members[1:], select))
     print(json.dumps({k: v["siftflow"]["mean_iou"] for k, v in report["segmenters"].items()}), flush=True)
+    return path
+
+
+@dataclass
+class EnsembleMember:
+    folder: Path  # the training run (--out) whose best.pt this is
+    state: dict  # its best.pt
+    config: SegmenterConfig  # test_scales relative to the ensemble's input size
+
+
+def ensemble_member(spec: str, side: int, classes: list[str]) -> EnsembleMember:
+    """``FOLDER[:SCALE,SCALE...]`` → that run's best decoder, its scales (relative to the run's own view
+    side: a decoder trained on 384² views at 1.0 sees 384²) turned relative to the ensemble's ``side``."""
+    folder, _, scales = spec.partition(":")
+    path = Path(folder) / "best.pt"
+    if not path.is_file():
+        raise SystemExit(f"--ensemble-with {spec}: {path} does not exist (train that run first).")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["classes"] != classes:
+        raise SystemExit(f"{path} was trained on other classes than the first member: it cannot join it.")
+    relative = state["args"]["side"] / side
+    own = tuple(float(s) for s in scales.split(",")) if scales else (1.0,)
+    config = replace(SegmenterConfig.from_dict(state["config"]), test_flip=False,
+                     test_scales=tuple(round(s * relative, 4) for s in own))
+    return EnsembleMember(Path(folder), state, config)
+
+
+def save_ensemble(decoder_states: list[dict[str, torch.Tensor]], configs: list[SegmenterConfig],
+                  classes: list[str], input_size: int, weight_id: str, directory: Path,
+                  metadata: dict[str, str] | None = None) -> Path:
+    """Several decoders as one fp16 file (keys ``<member>.<decoder key>``, ``SegmenterEnsemble.decoders``'
+    state), registered as model "segmenter-ensemble" with each member's config."""
+    path = Path(directory) / f"{weight_id}.safetensors"
+    tensors = {f"{i}.{k}": v for i, state in enumerate(decoder_states) for k, v in state.items()
+               if not k.endswith("num_batches_tracked")}
+    save_tensors(path, tensors, half=True, metadata={"model": "segmenter-ensemble", **(metadata or {})})
+    register_weights(path, weight_id, "segmenter-ensemble",
+                     {"members": [c.to_dict() for c in configs], "classes": list(classes),
+                      "input_size": input_size}, card=f"{weight_id}.md", directory=directory)
     return path
 
 
@@ -468,7 +519,49 @@ def heldout_report(data_root: str | Path, segmenters: dict, limit: int = 0, spli
     return result
 
 
-def model_card(weight_id: str, state: dict, path: Path, report: dict, export_flags: str = "") -> str:
+def training_command(args: dict) -> str:
+    """The training command line of a run, from its recorded arguments (defaults left out)."""
+    defaults = vars(parse_args([]))
+    flags = [f"--data {args['data']} --out {args['out']}"]
+    for name in ("backbone", "side", "label_side", "cache", "steps", "batch", "lr", "width", "class_balance",
+                 "not_person_weight", "lovasz", "lovasz_side", "init", "tune_after", "backbone_lr_scale", "seed",
+                 "minutes", "threads"):
+        value = args.get(name, defaults[name])
+        if (name == "lovasz_side" and not args.get("lovasz")) or (
+                name == "backbone_lr_scale" and not args.get("tune_after")):
+            continue
+        if value in (None, "") or (name not in ALWAYS_LISTED and str(value) == str(defaults[name])):
+            continue
+        flags.append(f"--{name.replace('_', '-')} {value}")
+    return "python -m core.training.segmenter " + " ".join(flags) + " [--resume]"
+
+
+def recipe_commands(state: dict) -> list[str]:
+    """The commands that trained this checkpoint: those of the runs it was initialised from (``--init``,
+    followed while their checkpoints are on disk), then its own."""
+    init = state["args"].get("init")
+    earlier = []
+    if init and Path(init).is_file():
+        earlier = recipe_commands(torch.load(init, map_location="cpu", weights_only=False))
+    return earlier + [training_command(state["args"])]
+
+
+def member_text(number: int, member: EnsembleMember) -> str:
+    """One line of a card on an ensemble member: how it was trained, how it was picked, how it runs."""
+    args, state = member.state["args"], member.state
+    tuned = (f"own late blocks after {args['tune_after']} fine-tuned at {args['backbone_lr_scale']} × its rate"
+             if args.get("tune_after") else "frozen backbone")
+    metrics = state["metrics"]
+    return (f"- Member {number} (`{member.folder}`): decoder on {args['side']}² views ({tuned}), loss at "
+            f"{args['label_side']}², lr {args['lr']}, {args['steps']} steps, best select score at step "
+            f"{state['step']}, τ = {state.get('prior_adjustment', {}).get('tau', 0.0)}; select (cached views) "
+            f"mIoU {metrics['mean_iou']:.4f}, person IoU {metrics['people_person_iou']:.4f}; "
+            f"{state['elapsed_s'] / 60:.1f} min of step time; runs at `test_scales` {list(member.config.test_scales)} "
+            "of the ensemble's input side.")
+
+
+def model_card(weight_id: str, state: dict, path: Path, report: dict, export_flags: str = "",
+               members: list[EnsembleMember] | tuple = (), select: dict | None = None) -> str:
     args, ours = state["args"], report["segmenters"][weight_id]
     others = {k: v for k, v in report["segmenters"].items() if k != weight_id}
     rows = ["| class | " + " | ".join([weight_id, *others]) + " |", "|---|" + "---|" * (1 + len(others))]
@@ -487,16 +580,11 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict, export_fla
     adjustment = f"τ = {tried['tau']}" + "".join(
         f"; τ {t}: mIoU {r['mean_iou']:.3f}, pixel acc. {r['pixel_accuracy']:.3f}"
         for t, r in tried["select"].items())
-    command = (f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
-               f"--steps {args['steps']} --batch {args['batch']} --lr {args['lr']} --width {args['width']} "
-               f"--class-balance {args['class_balance']} --not-person-weight {args['not_person_weight']} "
-               + (f"--lovasz {args['lovasz']} --lovasz-side {args['lovasz_side']} " if args.get("lovasz") else "")
-               + (f"--init {args['init']} " if args.get("init") else "")
-               + (f"--tune-after {args['tune_after']} --backbone-lr-scale {args['backbone_lr_scale']} "
-                  if args.get("tune_after") else "")
-               + f"--threads {args['threads']} [--resume]\n"
-               f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
-               f"--export {weight_id} {export_flags}".rstrip())
+    # each run once, in training order (a member started from another member's run lists that run first)
+    command = "\n".join(dict.fromkeys([
+        *recipe_commands(state), *(line for m in members for line in recipe_commands(m.state)),
+        f"python -m core.training.segmenter --data {args['data']} --out {args['out']} "
+        f"--export {weight_id} {export_flags}".rstrip()]))
     lovasz_text = (f", plus {args['lovasz']} × the Lovász-softmax IoU term at {args['lovasz_side']}²"
                    if args.get("lovasz") else "")
     if args.get("init"):
@@ -517,9 +605,22 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict, export_fla
                          "loaded beside this file) on the gray photo replicated to RGB, and a trained FPN-style "
                          "decoder (strides 8/16/32 + image-level context → class scores at stride 8, bilinear to "
                          "the input size). This file holds the decoder only")
+    kind, ensemble_text = "segmenter", ""
+    if members:
+        kind = "segmenter-ensemble"
+        backbone_text = (f"an ensemble of {1 + len(members)} decoders on the one frozen backbone, their class "
+                         "probabilities averaged (`SegmenterEnsemble`; each member's own test scales averaged "
+                         f"first). Member 1 (`{args['out']}`): {backbone_text}; the other members' decoders too")
+        ensemble_text = "\n\n" + "\n".join(member_text(k, m) for k, m in enumerate(members, start=2))
+        if select:
+            scored = select["segmenters"][weight_id]
+            ensemble_text += (f"\nThe ensemble through the full pipeline on the select split: SIFT Flow mIoU "
+                              f"{scored['siftflow']['mean_iou']:.4f}, pixel accuracy "
+                              f"{scored['siftflow']['pixel_accuracy']:.4f}, person IoU on people photos "
+                              f"{scored['people_person_iou']:.4f}.")
     return f"""# {weight_id}
 
-Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `segmenter`): {backbone_text}:
+Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `{kind}`): {backbone_text}:
 {path.stat().st_size / 1e6:.2f} MB fp16, config `{json.dumps(state['config'])}`, input about
 {args['side']}² pixels (aspect kept). The default segmenter of `segment` and of colorization's predicted
 map; GridNet from scratch (`gridnet-siftflow`) stays selectable (`--segmenter gridnet`).
@@ -556,7 +657,7 @@ Select scores of the exported decoder: `{json.dumps({k: round(v, 4) if isinstanc
 Decoder training time {state['elapsed_s'] / 60:.1f} min (step time, after the feature cache) on
 {platform.machine()} CPU shared with other work, {args['threads']} thread(s), no GPU.
 Inference: config `test_flip` {state['config'].get('test_flip', False)}, `test_scales`
-{list(state['config'].get('test_scales', [1.0]))} (scores averaged over the mirrored and rescaled photo).
+{list(state['config'].get('test_scales', [1.0]))} (scores averaged over the mirrored and rescaled photo).{ensemble_text}
 
 ## Held-out metrics (full-resolution pipeline, `pipeline.segment`)
 {report['siftflow_images']} SIFT Flow photos at their 256² label resolution; mIoU as FCN reports SIFT Flow
@@ -617,6 +718,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="export: the model averages its scores over the photo and its mirror image")
     p.add_argument("--test-scales", type=float, nargs="+", default=[1.0],
                    help="export: input scales whose scores the model averages (1 = --side²)")
+    p.add_argument("--ensemble-with", nargs="+", default=[], metavar="FOLDER[:SCALES]",
+                   help="export: also these runs' best decoders, their class probabilities averaged with "
+                        "--out's (SCALES: comma-separated input scales relative to that run's own --side)")
     p.add_argument("--export", metavar="WEIGHT_ID",
                    help="export best.pt into weights/, score it on the heldout split, write the card")
     return p.parse_args(argv)
