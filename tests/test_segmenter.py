@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -457,20 +458,29 @@ def test_an_exported_ensemble_averages_its_members_probabilities_through_the_pip
     manifest = Manifest.load(directory)
     entry = manifest.entry(pipeline.PRETRAINED_SEGMENTER_WEIGHTS)
     assert entry.model == "segmenter-ensemble" and entry.config["input_size"] == 64
-    # each member's scales are relative to the ensemble's input: the 96² decoder sees 1.5 × 64²
-    assert [m["test_scales"] for m in entry.config["members"]] == [[1.0, 1.5], [1.5]]
+    # each member reads the photo at its own training size, its scales relative to that size
+    assert [(m["input_size"], m["test_scales"]) for m in entry.config["members"]] == [(64, [1.0, 1.5]),
+                                                                                     (96, [1.0])]
     segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=manifest)
-    backbone = load_pretrained(manifest)
-    tuned.backbone = frozen.backbone = backbone
+    tuned.backbone = frozen.backbone = load_pretrained(manifest)
     tuned.config = replace(tuned.config, test_scales=(1.0, 1.5))
-    frozen.config = replace(frozen.config, test_scales=(1.5,))
-    gray = torch.rand(1, 1, 64, 96) * 2 - 1
+    gray64, gray96 = torch.rand(1, 1, 64, 96) * 2 - 1, torch.rand(1, 1, 96, 160) * 2 - 1
     with torch.no_grad():
-        expected = (tuned(gray).softmax(1) + frozen(gray).softmax(1)) / 2
-        assert torch.allclose(segmenter.model(gray).exp(), expected, atol=1e-5)
-    ids, _ = pipeline.segment((50 + 30 * np.random.default_rng(0).random((70, 90))).astype(np.float32),
-                              segmenter)
+        frozen_scores = F.interpolate(frozen(gray96), size=(64, 96), mode="bilinear", align_corners=False)
+        # 'unlabeled' (class 0) is never predicted: out of each member's softmax, the ensemble's lowest score
+        expected = (tuned(gray64)[:, 1:].softmax(1) + frozen_scores[:, 1:].softmax(1)) / 2
+        scores = segmenter.model([gray64, gray96])
+        assert torch.allclose(scores[:, 1:].exp(), expected, atol=1e-5)
+        assert (scores[:, 0] < scores[:, 1:].min(1).values).all()
+    # the pipeline resizes the full-resolution photo to each member's size (not 64² upsampled to 96²)
+    lightness = (50 + 30 * np.random.default_rng(0).random((70, 90))).astype(np.float32)
+    ids, small = pipeline.segment(lightness, segmenter)
+    grays = [pipeline._gray_tensor(pipeline._resize(lightness, pipeline.model_shape(70, 90, side, 32),
+                                                    cv2.INTER_AREA), torch.device("cpu"), 1) for side in (64, 96)]
+    with torch.no_grad():
+        direct = (segmenter.model(grays)[0, 1:].argmax(0) + 1).numpy()
     assert ids.shape == (70, 90) and 1 <= ids.min() and ids.max() < len(CLASSES)
+    assert small.shape == grays[0].shape[-2:] and np.array_equal(small, direct)
     card = (directory / f"{pipeline.PRETRAINED_SEGMENTER_WEIGHTS}.md").read_text()
     assert "segmenter-ensemble" in card and "Member 2" in card and "select split" in card
     # the recipe: the tuned run (the frozen one's --init) is listed before the frozen run and the export
@@ -485,7 +495,8 @@ def test_an_ensemble_file_that_does_not_fit_is_named(tmp_path):
     register_backbone(directory)
     weight_id = pipeline.PRETRAINED_SEGMENTER_WEIGHTS
     narrow = PretrainedSegmenter(TINY).decoder.state_dict()
-    training.save_ensemble([narrow, narrow], [TINY, replace(TINY, width=16)], CLASSES, 64, weight_id, directory)
+    training.save_ensemble([narrow, narrow], [TINY, replace(TINY, width=16)], [64, 96], CLASSES, weight_id,
+                           directory)
     with pytest.raises(SemanticError) as error:
         pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
     assert error.value.code == ErrorCode.weights_corrupt
@@ -494,7 +505,9 @@ def test_an_ensemble_file_that_does_not_fit_is_named(tmp_path):
 
 def test_ensemble_members_must_share_one_backbone():
     with pytest.raises(ValueError):
-        SegmenterEnsemble([TINY, replace(TINY, backbone="lite2")])
+        SegmenterEnsemble([TINY, replace(TINY, backbone="lite2")], [64, 64])
+    with pytest.raises(ValueError):
+        SegmenterEnsemble([TINY, TINY], [64])
 
 
 @pytest.mark.parametrize("backbones", [["lite9"], ["lite0", "lite2"]])
@@ -508,7 +521,7 @@ def test_a_manifest_naming_an_unknown_or_mixed_backbone_is_a_clear_error(tmp_pat
     if len(configs) == 1:
         training.save_decoder(states[0], configs[0], CLASSES, 64, weight_id, directory)
     else:
-        training.save_ensemble(states, configs, CLASSES, 64, weight_id, directory)
+        training.save_ensemble(states, configs, [64] * len(configs), CLASSES, weight_id, directory)
     with pytest.raises(SemanticError) as error:
         pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
     assert error.value.code == ErrorCode.weights_corrupt

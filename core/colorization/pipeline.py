@@ -83,7 +83,9 @@ def load_segmenter(device: torch.device, weight_id: str = PRETRAINED_SEGMENTER_W
         model.backbone = load_pretrained(manifest, weight_id=weight_id_of(model.config.backbone))
         load_verified_state(model.decoder, manifest, weight_id, "the segmenter's decoder")
     elif entry.model == "segmenter-ensemble":
-        model = SegmenterEnsemble([SegmenterConfig.from_dict(member) for member in config["members"]])
+        members = [dict(member) for member in config["members"]]
+        sizes = [int(member.pop("input_size", size)) for member in members]
+        model = SegmenterEnsemble([SegmenterConfig.from_dict(member) for member in members], sizes)
         model.backbone = load_pretrained(manifest, weight_id=weight_id_of(model.configs[0].backbone))
         load_verified_state(model.decoders, manifest, weight_id, "the segmenter's decoders")
     else:
@@ -189,9 +191,12 @@ def _gray_tensor(lightness_small: np.ndarray, device: torch.device, channels: in
 @torch.no_grad()
 def segment(lightness: np.ndarray, segmenter: Segmenter) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution L → (class ids at full size H×W uint8, class ids at model size)."""
-    shape = model_shape(*lightness.shape, segmenter.input_size, segmenter.model.pad_multiple())
-    small = _resize(lightness, shape, cv2.INTER_AREA)
-    logits = segmenter.model(_gray_tensor(small, segmenter.device, 1))[0].float().cpu()
+    model = segmenter.model
+    # an ensemble's members each read the photo at their own training size, resized from full resolution
+    sides = model.input_sizes if isinstance(model, SegmenterEnsemble) else (segmenter.input_size,)
+    grays = [_gray_tensor(_resize(lightness, model_shape(*lightness.shape, side, model.pad_multiple()),
+                                  cv2.INTER_AREA), segmenter.device, 1) for side in sides]
+    logits = (model(grays) if isinstance(model, SegmenterEnsemble) else model(grays[0]))[0].float().cpu()
     logits = logits[1:]  # 'unlabeled' is not a prediction: ids are argmax + 1
     ids_small = (logits.argmax(0) + 1).numpy().astype(np.uint8)
     h, w = lightness.shape

@@ -18,8 +18,8 @@ from core.protocol import bad_input
 # and palette colors become colors no class has. Maps must be written losslessly.
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".heic", ".heif", ".avif", ".jxl", ".jp2",
                   ".j2k")
-SEGMENTER_HELP = ("which network predicts the map: 'pretrained' (default; ImageNet backbone + decoder, "
-                  "weights segmenter-siftflow) or 'gridnet' (GridNet from scratch, gridnet-siftflow)")
+SEGMENTER_HELP = ("which network predicts the map: 'pretrained' (default; two decoders on an ImageNet "
+                  "backbone, weights segmenter-siftflow) or 'gridnet' (GridNet from scratch, gridnet-siftflow)")
 
 
 def register(subparsers) -> None:

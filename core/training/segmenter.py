@@ -367,7 +367,7 @@ def export(args: argparse.Namespace) -> Path:
     config = replace(SegmenterConfig.from_dict(state["config"]), test_flip=args.test_flip,
                      test_scales=tuple(args.test_scales))
     members = [EnsembleMember(args.out, state, config)] + [
-        ensemble_member(spec, side, state["classes"]) for spec in args.ensemble_with]
+        ensemble_member(spec, state["classes"]) for spec in args.ensemble_with]
     for member in members:
         if member.config.backbone != "lite0":
             raise SystemExit(f"{member.folder / 'best.pt'} reads the {member.config.backbone} backbone, which "
@@ -377,7 +377,8 @@ def export(args: argparse.Namespace) -> Path:
     meta = {"step": str(state["step"]), "select_metrics": json.dumps(state["metrics"])}
     if len(members) > 1:
         path = save_ensemble([m.state["decoder"] for m in members], [m.config for m in members],
-                             state["classes"], side, args.export, directory, meta)
+                             [m.state["args"]["side"] for m in members], state["classes"], args.export,
+                             directory, meta)
     else:
         path = save_decoder(state["decoder"], config, state["classes"], side, args.export, directory, meta)
     state["config"] = config.to_dict()
@@ -405,12 +406,12 @@ def export(args: argparse.Namespace) -> Path:
 class EnsembleMember:
     folder: Path  # the training run (--out) whose best.pt this is
     state: dict  # its best.pt
-    config: SegmenterConfig  # test_scales relative to the ensemble's input size
+    config: SegmenterConfig  # with the test scales it runs at (relative to its own view side)
 
 
-def ensemble_member(spec: str, side: int, classes: list[str]) -> EnsembleMember:
-    """``FOLDER[:SCALE,SCALE...]`` → that run's best decoder, its scales (relative to the run's own view
-    side: a decoder trained on 384² views at 1.0 sees 384²) turned relative to the ensemble's ``side``."""
+def ensemble_member(spec: str, classes: list[str]) -> EnsembleMember:
+    """``FOLDER[:SCALE,SCALE...]`` → that run's best decoder and the input scales it averages, relative to
+    the run's own view side (a decoder trained on 384² views at 1.0 reads the photo at 384²)."""
     folder, _, scales = spec.partition(":")
     path = Path(folder) / "best.pt"
     if not path.is_file():
@@ -418,25 +419,25 @@ def ensemble_member(spec: str, side: int, classes: list[str]) -> EnsembleMember:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["classes"] != classes:
         raise SystemExit(f"{path} was trained on other classes than the first member: it cannot join it.")
-    relative = state["args"]["side"] / side
     own = tuple(float(s) for s in scales.split(",")) if scales else (1.0,)
-    config = replace(SegmenterConfig.from_dict(state["config"]), test_flip=False,
-                     test_scales=tuple(round(s * relative, 4) for s in own))
-    return EnsembleMember(Path(folder), state, config)
+    return EnsembleMember(Path(folder), state, replace(SegmenterConfig.from_dict(state["config"]), test_flip=False,
+                                                       test_scales=own))
 
 
 def save_ensemble(decoder_states: list[dict[str, torch.Tensor]], configs: list[SegmenterConfig],
-                  classes: list[str], input_size: int, weight_id: str, directory: Path,
+                  input_sizes: list[int], classes: list[str], weight_id: str, directory: Path,
                   metadata: dict[str, str] | None = None) -> Path:
     """Several decoders as one fp16 file (keys ``<member>.<decoder key>``, ``SegmenterEnsemble.decoders``'
-    state), registered as model "segmenter-ensemble" with each member's config."""
+    state), registered as model "segmenter-ensemble" with each member's config and input size (the
+    first member's is the ensemble's)."""
     path = Path(directory) / f"{weight_id}.safetensors"
     tensors = {f"{i}.{k}": v for i, state in enumerate(decoder_states) for k, v in state.items()
                if not k.endswith("num_batches_tracked")}
     save_tensors(path, tensors, half=True, metadata={"model": "segmenter-ensemble", **(metadata or {})})
+    members = [dict(c.to_dict(), input_size=int(size)) for c, size in zip(configs, input_sizes)]
     register_weights(path, weight_id, "segmenter-ensemble",
-                     {"members": [c.to_dict() for c in configs], "classes": list(classes),
-                      "input_size": input_size}, card=f"{weight_id}.md", directory=directory)
+                     {"members": members, "classes": list(classes), "input_size": int(input_sizes[0])},
+                     card=f"{weight_id}.md", directory=directory)
     return path
 
 
@@ -556,8 +557,8 @@ def member_text(number: int, member: EnsembleMember) -> str:
             f"{args['label_side']}², lr {args['lr']}, {args['steps']} steps, best select score at step "
             f"{state['step']}, τ = {state.get('prior_adjustment', {}).get('tau', 0.0)}; select (cached views) "
             f"mIoU {metrics['mean_iou']:.4f}, person IoU {metrics['people_person_iou']:.4f}; "
-            f"{state['elapsed_s'] / 60:.1f} min of step time; runs at `test_scales` {list(member.config.test_scales)} "
-            "of the ensemble's input side.")
+            f"{state['elapsed_s'] / 60:.1f} min of step time; reads the photo at about {args['side']}² "
+            f"(`test_scales` {list(member.config.test_scales)}).")
 
 
 def model_card(weight_id: str, state: dict, path: Path, report: dict, export_flags: str = "",
@@ -720,7 +721,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="export: input scales whose scores the model averages (1 = --side²)")
     p.add_argument("--ensemble-with", nargs="+", default=[], metavar="FOLDER[:SCALES]",
                    help="export: also these runs' best decoders, their class probabilities averaged with "
-                        "--out's (SCALES: comma-separated input scales relative to that run's own --side)")
+                        "--out's; each reads the photo at its own --side (SCALES: comma-separated input scales "
+                        "relative to that side, default 1)")
     p.add_argument("--export", metavar="WEIGHT_ID",
                    help="export best.pt into weights/, score it on the heldout split, write the card")
     return p.parse_args(argv)
