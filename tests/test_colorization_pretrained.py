@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.colorization import pipeline
 from core.colorization.palette import map_input
 from core.data import colorization as photos
+from core.data.segmentation import split_of
 from core.models.colorization_unet import (
     AB_SCALE,
     CHROMA_SCALES,
@@ -23,8 +25,10 @@ from core.models.colorization_unet import (
 )
 from core.models.efficientnet_lite import WEIGHT_ID as BACKBONE_ID
 from core.models.efficientnet_lite import EfficientNetLite0, load_pretrained
+from core.models.segmenter import PretrainedSegmenter, SegmenterConfig
 from core.protocol import ErrorCode, SemanticError
-from core.training.colorizer import BinCoding, export, soft_targets
+from core.training.colorizer import BinCoding, build_cache, export, soft_targets
+from core.training.segmenter import save_ensemble
 from core.weights import Manifest, load_tensors, register_weights, save_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -228,3 +232,40 @@ def test_decoding_sweeps_pick_the_closest_setting_that_stays_colourful_enough():
     ]
     assert closest_colourful_enough(rows, "delta_e", 0.65)["name"] == "balanced"
     assert closest_colourful_enough(rows, "delta_e", 0.9)["name"] == "vivid"  # none enough: most colourful
+
+
+def test_the_training_cache_takes_its_map_from_the_shipped_segmenter_as_colorization_does(tmp_path):
+    """An ensemble segmenter (the shipped kind) gives the cached predicted maps, the same as the pipeline's
+    map of each view's L (the colorizer learns from what it will be given)."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    _register_backbone(weights)
+    classes = ["unlabeled", "sky", "person", "tree", "road", "sea"]
+    config = SegmenterConfig(num_classes=len(classes), width=8, dropout=0.0)
+    torch.manual_seed(3)
+    decoders = [PretrainedSegmenter(replace(config, tuned_after=after)).decoder.state_dict()
+                for after in ("stride8", "")]
+    save_ensemble(decoders, [replace(config, tuned_after="stride8", test_scales=(1.0, 1.5)), config], [64, 96],
+                  classes, pipeline.PRETRAINED_SEGMENTER_WEIGHTS, weights)
+    segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(weights))
+    data = tmp_path / "data"
+    for images, labels, _ in photos.SOURCES.values():
+        for folder in (images, labels):
+            if folder:
+                (data / folder).mkdir(parents=True, exist_ok=True)
+    names = [f"k{i:03d}" for i in range(200) if split_of(f"k{i:03d}.x") == "select"][:2]
+    rng = np.random.default_rng(0)
+    for name in names:
+        photo = rng.integers(0, 255, (80, 120, 3), dtype=np.uint8)
+        Image.fromarray(photo).save(data / "photos/kodak24" / f"{name}.png")
+    probe = ColorizationUNet(ColorizerConfig(backbone="efficientnet-lite0", map_classes=len(classes))).eval()
+    probe.backbone.load_state_dict(load_pretrained(Manifest.load(weights)).state_dict(), strict=False)
+    cache = build_cache(str(data), "select", 64, tmp_path / "cache", probe, segmenter, classes.index("person"))
+    assert len(cache.predicted) == len(names)
+    for index, name in enumerate(names):
+        rgb = np.asarray(Image.open(data / "photos/kodak24" / f"{name}.png"))
+        view, _ = photos.square_view(rgb, [np.zeros(rgb.shape[:2], np.uint8)], 64, False)
+        lightness = pipeline.image_lightness(view)[0]
+        expected, _ = pipeline.segment(lightness, segmenter)
+        assert np.mean(cache.predicted[index] == expected) > 0.99  # L from torch vs NumPy: rounding only
+        assert 1 <= cache.predicted[index].min() and cache.predicted[index].max() < len(classes)

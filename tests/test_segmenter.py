@@ -3,6 +3,7 @@ training step, weights written and read back through the pipeline, corrupt files
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -474,13 +475,18 @@ def test_an_exported_ensemble_averages_its_members_probabilities_through_the_pip
         assert (scores[:, 0] < scores[:, 1:].min(1).values).all()
     # the pipeline resizes the full-resolution photo to each member's size (not 64² upsampled to 96²)
     lightness = (50 + 30 * np.random.default_rng(0).random((70, 90))).astype(np.float32)
+    seen, forward = [], segmenter.model.forward
+    segmenter.model.forward = lambda grays: seen.append(grays) or forward(grays)
     ids, small = pipeline.segment(lightness, segmenter)
-    grays = [pipeline._gray_tensor(pipeline._resize(lightness, pipeline.model_shape(70, 90, side, 32),
-                                                    cv2.INTER_AREA), torch.device("cpu"), 1) for side in (64, 96)]
-    with torch.no_grad():
-        direct = (segmenter.model(grays)[0, 1:].argmax(0) + 1).numpy()
+    expected = [pipeline._gray_tensor(pipeline._resize(lightness, pipeline.model_shape(70, 90, side, 32),
+                                                       cv2.INTER_AREA), torch.device("cpu"), 1) for side in (64, 96)]
+    assert len(seen) == 1 and seen[0][0].shape[-2:] == (64, 64) and seen[0][1].shape[-2:] == (96, 96)
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], expected, strict=True))
     assert ids.shape == (70, 90) and 1 <= ids.min() and ids.max() < len(CLASSES)
-    assert small.shape == grays[0].shape[-2:] and np.array_equal(small, direct)
+    assert small.shape == (64, 64)
+    with pytest.raises(ValueError):  # one photo per member
+        segmenter.model.forward = forward
+        segmenter.model(expected[:1])
     card = (directory / f"{pipeline.PRETRAINED_SEGMENTER_WEIGHTS}.md").read_text()
     assert "segmenter-ensemble" in card and "Member 2" in card and "select split" in card
     # the recipe: the tuned run (the frozen one's --init) is listed before the frozen run and the export
@@ -526,3 +532,37 @@ def test_a_manifest_naming_an_unknown_or_mixed_backbone_is_a_clear_error(tmp_pat
         pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
     assert error.value.code == ErrorCode.weights_corrupt
     assert all(name in error.value.message for name in backbones)
+
+
+@pytest.mark.parametrize("edit", ["no members", "members not dicts", "other class count"])
+def test_a_malformed_ensemble_entry_is_a_clear_error(tmp_path, edit):
+    directory = tmp_path / "weights"
+    directory.mkdir()
+    register_backbone(directory)
+    weight_id = pipeline.PRETRAINED_SEGMENTER_WEIGHTS
+    state = PretrainedSegmenter(TINY).decoder.state_dict()
+    training.save_ensemble([state, state], [TINY, TINY], [64, 96], CLASSES, weight_id, directory)
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = next(e for e in manifest["weights"] if e["id"] == weight_id)
+    if edit == "no members":
+        del entry["config"]["members"]
+    elif edit == "members not dicts":
+        entry["config"]["members"] = ["lite0", "lite0"]
+    else:
+        entry["config"]["members"][1]["num_classes"] = len(CLASSES) + 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SemanticError) as error:
+        pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
+    assert error.value.code == ErrorCode.weights_corrupt and "Re-run the installer" in error.value.message
+
+
+def test_a_cards_recipe_line_gives_every_training_option_a_run_changed():
+    args = training._plain(vars(training.parse_args(
+        ["--out", "runs/x", "--no-people", "--prior-adjustment", "0", "0.5", "--dropout", "0.2", "--eval-every", "50",
+         "--export", "ignored", "--test-scales", "1.0", "1.5"])))
+    line = training.training_command(args)
+    parsed = vars(training.parse_args(line.split()[3:-1]))  # after "python -m module", before "[--resume]"
+    for name in training.RECIPE_OPTIONS:
+        assert str(parsed[name]) == str(args[name]), name
+    assert "--export" not in line and "--test-scales" not in line and "--lovasz-side" not in line

@@ -71,12 +71,11 @@ def load_segmenter(device: torch.device, weight_id: str = PRETRAINED_SEGMENTER_W
     config = dict(entry.config)
     classes, size = tuple(config.pop("classes")), int(config.pop("input_size"))
     if entry.model in ("segmenter", "segmenter-ensemble"):
-        variants = {m.get("backbone", "lite0") for m in config.get("members", [config])}
-        if not variants <= set(LITE_VARIANTS) or len(variants) != 1:
-            raise SemanticError(ErrorCode.weights_corrupt,
-                                f"The manifest entry of {manifest.path(weight_id)} names the backbone "
-                                f"{' and '.join(sorted(variants))}: one of {', '.join(LITE_VARIANTS)} was expected. "
-                                "Re-run the installer.")
+        problem = _decoder_configs_problem(config.get("members") if entry.model == "segmenter-ensemble"
+                                           else [config], len(classes))
+        if problem:
+            raise SemanticError(ErrorCode.weights_corrupt, f"The manifest entry of {manifest.path(weight_id)} "
+                                                           f"{problem}. Re-run the installer.")
     if entry.model == "segmenter":
         model = PretrainedSegmenter(SegmenterConfig.from_dict(config))
         # the frozen backbone ships once (its own verified file); this weight file holds the decoder
@@ -92,6 +91,19 @@ def load_segmenter(device: torch.device, weight_id: str = PRETRAINED_SEGMENTER_W
         model = GridNet(GridNetConfig.from_dict(config))
         model.load_state_dict(manifest.load_state_dict(weight_id), strict=True)
     return Segmenter(model.to(device).eval(), classes, size, device)
+
+
+def _decoder_configs_problem(members, class_count: int) -> str:
+    """What is wrong with a manifest entry's decoder configs (one, or an ensemble's list), or ""."""
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        return "lists no decoder configs"
+    variants = {str(m.get("backbone", SegmenterConfig.backbone)) for m in members}
+    if not variants <= set(LITE_VARIANTS) or len(variants) != 1:
+        return (f"names the backbone {' and '.join(sorted(variants))}: one of {', '.join(LITE_VARIANTS)} was "
+                "expected")
+    if any(m.get("num_classes", SegmenterConfig.num_classes) != class_count for m in members):
+        return f"gives a decoder for another number of classes than its {class_count} class names"
+    return ""
 
 
 def load_colorizer(device: torch.device, weight_id: str = COLORIZER_WEIGHTS,
@@ -192,7 +204,7 @@ def _gray_tensor(lightness_small: np.ndarray, device: torch.device, channels: in
 def segment(lightness: np.ndarray, segmenter: Segmenter) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution L → (class ids at full size H×W uint8, class ids at model size)."""
     model = segmenter.model
-    # an ensemble's members each read the photo at their own training size, resized from full resolution
+    # an ensemble's members each read the photo at about their training size, resized from full resolution
     sides = model.input_sizes if isinstance(model, SegmenterEnsemble) else (segmenter.input_size,)
     grays = [_gray_tensor(_resize(lightness, model_shape(*lightness.shape, side, model.pad_multiple()),
                                   cv2.INTER_AREA), segmenter.device, 1) for side in sides]

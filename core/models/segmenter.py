@@ -189,8 +189,8 @@ class SegmenterEnsemble(nn.Module):
     Decoders trained apart (another view size, another seed, fine-tuned late blocks or not) make
     different mistakes on SIFT Flow's rare classes; the mean of their probabilities is right more often
     than either (the card gives the select-split numbers). Each member reads the photo at the size it
-    was trained at (``input_sizes``, about side² pixels), resized from the full-resolution photo as its
-    training views were: a 384² decoder fed a 256² photo upsampled in the network scored 0.315 select
+    was trained at (``input_sizes``, about side² pixels), resized from the full-resolution photo (the
+    pipeline's job): a 384² decoder fed the 256² photo upsampled inside the network scored 0.315 select
     mIoU instead of 0.337. Returns log mean probabilities at the first member's input size: class scores
     whose argmax is the ensemble's choice, like logits."""
 
@@ -210,9 +210,11 @@ class SegmenterEnsemble(nn.Module):
         Class 0 ('unlabeled', never a prediction: the pipeline's argmax leaves it out) is left out of each
         member's softmax too — its score would take a different share of each member's probability — and
         comes back as the lowest score."""
+        if len(grays) != len(self.decoders):
+            raise ValueError(f"{len(self.decoders)} decoders need {len(self.decoders)} photos, got {len(grays)}")
         size = grays[0].shape[-2:]
         probabilities = sum(_upsample(multiview_logits(self.backbone, decoder, config, gray), size)[:, 1:].softmax(1)
-                            for decoder, config, gray in zip(self.decoders, self.configs, grays))
+                            for decoder, config, gray in zip(self.decoders, self.configs, grays, strict=True))
         scores = (probabilities / len(self.decoders)).clamp_min(1e-12).log()
         return torch.cat([torch.full_like(scores[:, :1], UNPREDICTED_SCORE), scores], dim=1)
 

@@ -11,8 +11,8 @@ The photos are split by source group (core.data.colorization): ``train`` trains,
 checkpoint (bins head: lowest select loss with the segmenter's predicted map) and the decoding of the bins
 (``--tune-decoding``, on select's full photos through the pipeline), ``heldout`` is left to the bench. Each photo
 gives square views (``--side``², train: the first square and the last one mirrored); the frozen backbone's
-features of the gray view, the segmenter's predicted map (the shipped segmenter's decoder on those same
-features) and the ground-truth map where labels exist are computed ONCE into ``--cache`` and the head
+features of the gray view, the segmenter's predicted map (the shipped segmenter through the pipeline, as
+colorization predicts it) and the ground-truth map where labels exist are computed ONCE into ``--cache`` and the head
 trains on the cache. Per sample the map is: none (``--drop-map``), the ground truth (half of the labelled
 samples) or the prediction, so the colorizer works with no map, with a user's map and with the
 segmenter's mistakes. ``--head bins`` learns a distribution over ab bins with class rebalancing
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.colorization.palette import class_colors
+from core.colorization.pipeline import load_segmenter, segment
 from core.data import colorization as photos
 from core.data.siftflow import cached_arrays, find_classes, random_batch, read_classes
 from core.imaging.color import lab_to_rgb_torch, rgb_to_lab_torch
@@ -210,9 +211,9 @@ def build_cache(data: str, split: str, side: int, directory: Path, backbone_mode
                 gray = (lab[:, :1] / L_SCALE - 1).expand(-1, 3, -1, -1)
                 with torch.no_grad():
                     features = backbone_model.backbone_features(gray)
-                    logits = segmenter.model.decoder({t: features[t] for t in ("stride8", "stride16", "stride32")})
-                    logits = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
-                predicted = (logits[0, 1:].argmax(0) + 1).numpy().astype(np.uint8)
+                # the map as colorization gets it at inference: the shipped segmenter (one decoder or an
+                # ensemble) through the pipeline, on this view's L
+                predicted, _ = segment(lab[0, 0].numpy(), segmenter)
                 truth = _view_truth(photo, rgb, predicted, side, last, person_id)
                 rgb_out[index], pred_out[index], source_out[index] = view, predicted, names.index(photo.source)
                 truth_out[index] = UNKNOWN if truth is None else truth
@@ -399,8 +400,6 @@ def start_from(model: ColorizationUNet, checkpoint: Path) -> None:
 
 
 def train_pretrained(args: argparse.Namespace) -> None:
-    from core.colorization.pipeline import load_segmenter
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     segmenter = load_segmenter(torch.device("cpu"))

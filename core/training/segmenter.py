@@ -42,6 +42,10 @@ from core.weights import Manifest, bundled_weights_dir, register_weights, save_t
 PHOTOS_PER_CHUNK = 100
 SELECT_PEOPLE_WEIGHT = 0.5  # checkpoint score: SIFT Flow mIoU + this × person IoU on people photos
 ALWAYS_LISTED = ("steps", "batch", "lr", "width", "class_balance", "threads")  # in a card's recipe line
+# the training options a card's recipe line gives when a run changed them (inference and export ones aside)
+RECIPE_OPTIONS = ("backbone", "side", "label_side", "cache", "steps", "batch", "lr", "weight_decay", "width",
+                  "dropout", "class_balance", "not_person_weight", "no_people", "lovasz", "lovasz_side", "init",
+                  "tune_after", "backbone_lr_scale", "prior_adjustment", "eval_every", "seed", "minutes", "threads")
 
 
 @dataclass
@@ -521,19 +525,22 @@ def heldout_report(data_root: str | Path, segmenters: dict, limit: int = 0, spli
 
 
 def training_command(args: dict) -> str:
-    """The training command line of a run, from its recorded arguments (defaults left out)."""
+    """The training command line of a run, from its recorded arguments: every training option that differs
+    from its default (and the always-listed ones), so the line reproduces the run."""
     defaults = vars(parse_args([]))
     flags = [f"--data {args['data']} --out {args['out']}"]
-    for name in ("backbone", "side", "label_side", "cache", "steps", "batch", "lr", "width", "class_balance",
-                 "not_person_weight", "lovasz", "lovasz_side", "init", "tune_after", "backbone_lr_scale", "seed",
-                 "minutes", "threads"):
+    for name in RECIPE_OPTIONS:
         value = args.get(name, defaults[name])
         if (name == "lovasz_side" and not args.get("lovasz")) or (
                 name == "backbone_lr_scale" and not args.get("tune_after")):
             continue
-        if value in (None, "") or (name not in ALWAYS_LISTED and str(value) == str(defaults[name])):
+        if value in (None, "", False) or (name not in ALWAYS_LISTED and str(value) == str(defaults[name])):
             continue
-        flags.append(f"--{name.replace('_', '-')} {value}")
+        option = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(option)
+        else:
+            flags.append(f"{option} {' '.join(map(str, value)) if isinstance(value, list | tuple) else value}")
     return "python -m core.training.segmenter " + " ".join(flags) + " [--resume]"
 
 
@@ -606,8 +613,11 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict, export_fla
                          "loaded beside this file) on the gray photo replicated to RGB, and a trained FPN-style "
                          "decoder (strides 8/16/32 + image-level context → class scores at stride 8, bilinear to "
                          "the input size). This file holds the decoder only")
-    kind, ensemble_text = "segmenter", ""
+    kind, ensemble_text, whose = "segmenter", "", ""
+    decoder_name, of_member = ("member 1's", " of member 1") if members else ("the exported", "")
+    features_intro = "Member 1's training: backbone" if members else "Backbone"
     if members:
+        whose = "member 1: "  # the recipe text below describes member 1; the others have a line each
         kind = "segmenter-ensemble"
         backbone_text = (f"an ensemble of {1 + len(members)} decoders on the one frozen backbone, their class "
                          "probabilities averaged (`SegmenterEnsemble`; each member's own test scales averaged "
@@ -622,7 +632,7 @@ def model_card(weight_id: str, state: dict, path: Path, report: dict, export_fla
     return f"""# {weight_id}
 
 Semantic segmentation of a gray photo (`core/models/segmenter.py`, model `{kind}`): {backbone_text}:
-{path.stat().st_size / 1e6:.2f} MB fp16, config `{json.dumps(state['config'])}`, input about
+{path.stat().st_size / 1e6:.2f} MB fp16, {whose}config `{json.dumps(state['config'])}`, input about
 {args['side']}² pixels (aspect kept). The default segmenter of `segment` and of colorization's predicted
 map; GridNet from scratch (`gridnet-siftflow`) stays selectable (`--segmenter gridnet`).
 
@@ -645,7 +655,8 @@ photo in gray, SIFT Flow's also mirrored; people photos once (the top square of 
 ```
 {command}
 ```
-Backbone features of every view cached once (`--cache`); training reads the cache: AdamW lr {args['lr']}
+{features_intro} features of every view cached once (`--cache`); training reads the cache:
+AdamW lr {args['lr']}
 (cosine), weight decay {args['weight_decay']}, batch {args['batch']}, {args['steps']} steps, loss at
 {args['label_side']}², cross-entropy weighted by (median / class frequency)^{args['class_balance']}
 clipped to [0.1, 10], plus −log(1 − p(person)) on Clothing Co-Parsing's non-person pixels (weight
@@ -653,11 +664,11 @@ clipped to [0.1, 10], plus −log(1 − p(person)) on Clothing Co-Parsing's non-
 Best select score (SIFT Flow mIoU + {SELECT_PEOPLE_WEIGHT} × people person IoU) at step {state['step']};
 then the logit adjustment (class scores − τ·log training prior, folded into the classifier's bias)
 with τ picked on select: {adjustment}.
-Select scores of the exported decoder: `{json.dumps({k: round(v, 4) if isinstance(v, float) else v
+Select scores of {decoder_name} decoder: `{json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                     for k, v in state['metrics'].items()})}`.
 Decoder training time {state['elapsed_s'] / 60:.1f} min (step time, after the feature cache) on
 {platform.machine()} CPU shared with other work, {args['threads']} thread(s), no GPU.
-Inference: config `test_flip` {state['config'].get('test_flip', False)}, `test_scales`
+Inference{of_member}: config `test_flip` {state['config'].get('test_flip', False)}, `test_scales`
 {list(state['config'].get('test_scales', [1.0]))} (scores averaged over the mirrored and rescaled photo).{ensemble_text}
 
 ## Held-out metrics (full-resolution pipeline, `pipeline.segment`)
