@@ -44,6 +44,14 @@ def register_backbone(directory) -> None:
     register_weights(path, BACKBONE_ID, "efficientnet_lite0", {}, directory=directory)
 
 
+@torch.no_grad()
+def _as_stored(module: torch.nn.Module) -> None:
+    """Round ``module``'s floating values to what the fp16 weights file gives back."""
+    for value in module.state_dict().values():
+        if value.is_floating_point():
+            value.copy_(value.half().float())
+
+
 def register_tiny_segmenter(directory, weight_id: str = pipeline.PRETRAINED_SEGMENTER_WEIGHTS,
                             classes=CLASSES, input_size: int = 64, seed: int = 0) -> PretrainedSegmenter:
     """Backbone + a tiny decoder in ``directory``; returns the model with the weights as stored (fp16)."""
@@ -53,10 +61,7 @@ def register_tiny_segmenter(directory, weight_id: str = pipeline.PRETRAINED_SEGM
     config = SegmenterConfig(num_classes=len(classes), width=8, dropout=0.0)
     model = PretrainedSegmenter(config)
     model.backbone = load_pretrained(Manifest.load(directory))
-    with torch.no_grad():
-        for value in model.decoder.state_dict().values():
-            if value.is_floating_point():
-                value.copy_(value.half().float())  # what the fp16 file will give back
+    _as_stored(model.decoder)
     training.save_decoder(model.decoder.state_dict(), config, list(classes), input_size, weight_id, directory)
     return model.eval()
 
@@ -358,10 +363,7 @@ def test_tuned_late_blocks_start_as_the_frozen_model_train_alone_and_ship_in_the
     assert any(not torch.equal(a, b) for a, b in zip(late_before, tuned.decoder.late.parameters()))
     # exported with the late blocks, read back through the pipeline: the same predictions (fp16 file)
     tuned.eval()
-    with torch.no_grad():
-        for value in tuned.decoder.state_dict().values():
-            if value.is_floating_point():
-                value.copy_(value.half().float())
+    _as_stored(tuned.decoder)
     weight_id = pipeline.PRETRAINED_SEGMENTER_WEIGHTS
     training.save_decoder(tuned.decoder.state_dict(), tuned.config, CLASSES, 64, weight_id, directory)
     segmenter = pipeline.load_segmenter(torch.device("cpu"), manifest=Manifest.load(directory))
@@ -427,10 +429,7 @@ def _run_state(folder, config: SegmenterConfig, side: int, seed: int, **args) ->
     """A training run's best.pt (tiny decoder, fp16-exact values) in ``folder``; returns its model."""
     torch.manual_seed(seed)
     model = PretrainedSegmenter(config)
-    with torch.no_grad():
-        for value in model.decoder.state_dict().values():
-            if value.is_floating_point():
-                value.copy_(value.half().float())
+    _as_stored(model.decoder)
     folder.mkdir(parents=True)
     recorded = {**vars(training.parse_args([])), "out": str(folder), "side": side, **args}
     torch.save({"decoder": model.decoder.state_dict(), "config": config.to_dict(), "classes": CLASSES,

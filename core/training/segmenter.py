@@ -434,15 +434,11 @@ def save_ensemble(decoder_states: list[dict[str, torch.Tensor]], configs: list[S
     """Several decoders as one fp16 file (keys ``<member>.<decoder key>``, ``SegmenterEnsemble.decoders``'
     state), registered as model "segmenter-ensemble" with each member's config and input size (the
     first member's is the ensemble's)."""
-    path = Path(directory) / f"{weight_id}.safetensors"
-    tensors = {f"{i}.{k}": v for i, state in enumerate(decoder_states) for k, v in state.items()
-               if not k.endswith("num_batches_tracked")}
-    save_tensors(path, tensors, half=True, metadata={"model": "segmenter-ensemble", **(metadata or {})})
-    members = [dict(c.to_dict(), input_size=int(size)) for c, size in zip(configs, input_sizes)]
-    register_weights(path, weight_id, "segmenter-ensemble",
-                     {"members": members, "classes": list(classes), "input_size": int(input_sizes[0])},
-                     card=f"{weight_id}.md", directory=directory)
-    return path
+    tensors = {f"{i}.{k}": v for i, state in enumerate(decoder_states) for k, v in state.items()}
+    members = [dict(c.to_dict(), input_size=int(size)) for c, size in zip(configs, input_sizes, strict=True)]
+    return _save_registered(tensors, "segmenter-ensemble", {"members": members, "classes": list(classes),
+                                                             "input_size": int(input_sizes[0])},
+                            weight_id, directory, metadata)
 
 
 def save_decoder(decoder_state: dict[str, torch.Tensor], config: SegmenterConfig, classes: list[str],
@@ -450,12 +446,19 @@ def save_decoder(decoder_state: dict[str, torch.Tensor], config: SegmenterConfig
                  metadata: dict[str, str] | None = None) -> Path:
     """The decoder as fp16 ``<directory>/<weight_id>.safetensors``, registered in that manifest (the frozen
     backbone is not repeated: it ships once as efficientnet-lite0-imagenet)."""
+    return _save_registered(decoder_state, "segmenter", dict(config.to_dict(), classes=list(classes),
+                                                              input_size=input_size),
+                            weight_id, directory, metadata)
+
+
+def _save_registered(tensors: dict[str, torch.Tensor], model: str, config: dict, weight_id: str, directory: Path,
+                     metadata: dict[str, str] | None) -> Path:
+    """``tensors`` (BatchNorm counters left out) as fp16 ``<directory>/<weight_id>.safetensors``, registered
+    in that folder's manifest with ``model`` and ``config`` and the card ``<weight_id>.md``."""
     path = Path(directory) / f"{weight_id}.safetensors"
-    tensors = {k: v for k, v in decoder_state.items() if not k.endswith("num_batches_tracked")}
-    save_tensors(path, tensors, half=True, metadata={"model": "segmenter", **(metadata or {})})
-    register_weights(path, weight_id, "segmenter", dict(config.to_dict(), classes=list(classes),
-                                                        input_size=input_size),
-                     card=f"{weight_id}.md", directory=directory)
+    kept = {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
+    save_tensors(path, kept, half=True, metadata={"model": model, **(metadata or {})})
+    register_weights(path, weight_id, model, config, card=f"{weight_id}.md", directory=directory)
     return path
 
 
